@@ -1,0 +1,375 @@
+// The N-API binding: argument checks of last resort, conversion of plain JS values into
+// the op structs of ops.h, backend dispatch, and Status -> JS error. lib/ validates every
+// public argument with better messages first; these checks only guard the invariants the
+// kernels rely on (typed array kinds, lengths = product of shapes), so that a caller who
+// bypasses lib/ gets an exception instead of a crash.
+#include <napi.h>
+
+#include <cmath>
+#include <limits>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "../cuda/cuda_backend.h"
+#include "backend.h"
+#include "hostmem.h"
+#include "ops.h"
+#include "simd.h"
+#include "threadpool.h"
+
+namespace bn {
+namespace {
+
+// lib's BackendError class for this environment (empty until lib registers it).
+Napi::FunctionReference* backend_error_class(Napi::Env env);
+
+Napi::Value make_error(Napi::Env env, const Status& s) {
+  switch (s.code) {
+    case Code::kTypeError: return Napi::TypeError::New(env, s.message).Value();
+    case Code::kRangeError: return Napi::RangeError::New(env, s.message).Value();
+    default: break;
+  }
+  Napi::FunctionReference* cls = backend_error_class(env);
+  if (cls && !cls->IsEmpty())
+    return cls->New({Napi::String::New(env, s.message),
+                                    Napi::String::New(env, backend_error_code(s.code))});
+  Napi::Error e = Napi::Error::New(env, s.message);
+  e.Set("code", Napi::String::New(env, backend_error_code(s.code)));
+  return e.Value();
+}
+
+[[noreturn]] void throw_status(Napi::Env env, const Status& s) {
+  throw Napi::Error(env, make_error(env, s));
+}
+
+[[noreturn]] void type_error(Napi::Env env, const std::string& m) { throw Napi::TypeError::New(env, m); }
+[[noreturn]] void range_error(Napi::Env env, const std::string& m) { throw Napi::RangeError::New(env, m); }
+
+// A Float32Array argument (or null when nullable). Keeps a reference for async use.
+struct F32 {
+  float* data = nullptr;
+  size_t length = 0;
+  Napi::Value value;
+};
+
+F32 get_f32(const Napi::CallbackInfo& info, size_t i, const char* fn, const char* name, bool nullable) {
+  Napi::Env env = info.Env();
+  Napi::Value v = info[i];
+  F32 r;
+  r.value = v;
+  if (nullable && (v.IsNull() || v.IsUndefined())) return r;
+  if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_float32_array)
+    type_error(env, std::string(fn) + ": " + name + " must be a Float32Array");
+  Napi::Float32Array a = v.As<Napi::Float32Array>();
+  r.data = a.Data();
+  r.length = a.ElementLength();
+  if (r.length > 0 && r.data == nullptr)
+    type_error(env, std::string(fn) + ": " + name + " is backed by a detached ArrayBuffer");
+  return r;
+}
+
+Shape get_shape(const Napi::CallbackInfo& info, size_t i, const char* fn, const char* name) {
+  Napi::Env env = info.Env();
+  if (!info[i].IsArray()) type_error(env, std::string(fn) + ": " + name + " must be an array of integers");
+  Napi::Array arr = info[i].As<Napi::Array>();
+  Shape s(arr.Length());
+  int64_t total = 1;
+  for (uint32_t k = 0; k < arr.Length(); ++k) {
+    Napi::Value e = arr.Get(k);
+    const double d = e.IsNumber() ? e.As<Napi::Number>().DoubleValue() : -1.0;
+    if (!(d >= 0) || d != std::floor(d) || d > 9007199254740991.0)
+      type_error(env, std::string(fn) + ": " + name + "[" + std::to_string(k) + "] must be a non-negative integer");
+    s[k] = static_cast<int64_t>(d);
+    if (s[k] != 0 && total > std::numeric_limits<int64_t>::max() / s[k])
+      range_error(env, std::string(fn) + ": " + name + " has too many elements");
+    total *= s[k];
+  }
+  return s;
+}
+
+void check_length(Napi::Env env, const F32& a, const Shape& s, const char* fn, const char* name) {
+  if (a.data == nullptr && a.value.IsNull()) return;
+  if (static_cast<int64_t>(a.length) != numel(s))
+    range_error(env, std::string(fn) + ": " + name + " has " + std::to_string(a.length) +
+                         " elements but its shape needs " + std::to_string(numel(s)));
+}
+
+int get_backend(const Napi::CallbackInfo& info, size_t i) {
+  const int b = info[i].IsNumber() ? info[i].As<Napi::Number>().Int32Value() : -2;
+  if (b < -1 || b > 2) type_error(info.Env(), "backend must be -1 (auto), 0 (cpu), 1 (cuda) or 2 (cudnn)");
+  return b;
+}
+
+// Everything a call needs, gathered on the JS thread; run() is safe off it.
+struct MomentsCall {
+  MomentsArgs args;
+  Backend backend = Backend::kCpu;
+  std::vector<Napi::Value> keep;  // JS values to keep alive during async work
+
+  Status run() const { return run_moments(backend, args); }
+};
+
+struct BatchNormCall {
+  BatchNormArgs args;
+  Backend backend = Backend::kCpu;
+  std::vector<Napi::Value> keep;
+
+  Status run() const {
+    if (backend == Backend::kCpu && args.y != args.x.data)
+      advise_fresh_output(args.y, static_cast<size_t>(numel(args.out_shape)) * sizeof(float));
+    return run_batch_norm(backend, args);
+  }
+};
+
+// moments(x, shape, axes, correction, outMean, outVariance, backend)
+MomentsCall parse_moments(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const char* fn = "moments";
+  if (info.Length() < 7) type_error(env, "moments: expected 7 arguments");
+  MomentsCall c;
+  F32 x = get_f32(info, 0, fn, "x", false);
+  c.args.shape = get_shape(info, 1, fn, "shape");
+  check_length(env, x, c.args.shape, fn, "x");
+  const size_t rank = c.args.shape.size();
+  c.args.reduce.assign(rank, false);
+  if (!info[2].IsArray()) type_error(env, "moments: axes must be an array of integers");
+  Napi::Array axes = info[2].As<Napi::Array>();
+  for (uint32_t k = 0; k < axes.Length(); ++k) {
+    Napi::Value e = axes.Get(k);
+    const double d = e.IsNumber() ? e.As<Napi::Number>().DoubleValue() : -1.0;
+    if (!(d >= 0) || d != std::floor(d) || d >= static_cast<double>(rank) || c.args.reduce[static_cast<size_t>(d)])
+      range_error(env, "moments: axes[" + std::to_string(k) + "] must be a distinct axis in [0, " +
+                           std::to_string(rank) + ")");
+    c.args.reduce[static_cast<size_t>(d)] = true;
+  }
+  if (!info[3].IsNumber()) type_error(env, "moments: correction must be a number");
+  c.args.correction = info[3].As<Napi::Number>().DoubleValue();
+  F32 mean = get_f32(info, 4, fn, "out.mean", false);
+  F32 var = get_f32(info, 5, fn, "out.variance", false);
+  int64_t kept = 1;
+  for (size_t d = 0; d < rank; ++d)
+    if (!c.args.reduce[d]) kept *= c.args.shape[d];
+  if (static_cast<int64_t>(mean.length) != kept || static_cast<int64_t>(var.length) != kept)
+    range_error(env, "moments: out.mean and out.variance must have " + std::to_string(kept) + " elements");
+  c.args.x = x.data;
+  c.args.mean = mean.data;
+  c.args.variance = var.data;
+  std::string why;
+  Status s = select_backend(Op::kMoments, get_backend(info, 6), &c.backend, &why);
+  if (!s.ok()) throw_status(env, s);
+  c.keep = {x.value, mean.value, var.value};
+  return c;
+}
+
+// batchNormalization(x, xShape, mean, meanShape, variance, varianceShape, offset,
+//                    offsetShape, scale, scaleShape, epsilon, out, outShape, backend)
+BatchNormCall parse_batch_norm(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const char* fn = "batchNormalization";
+  if (info.Length() < 14) type_error(env, "batchNormalization: expected 14 arguments");
+  BatchNormCall c;
+  static const char* names[5] = {"x", "mean", "variance", "offset", "scale"};
+  Operand* ops[5] = {&c.args.x, &c.args.mean, &c.args.variance, &c.args.offset, &c.args.scale};
+  c.args.out_shape = get_shape(info, 12, fn, "outShape");
+  const Shape& out = c.args.out_shape;
+  for (size_t k = 0; k < 5; ++k) {
+    F32 a = get_f32(info, 2 * k, fn, names[k], k >= 3);
+    Shape s = get_shape(info, 2 * k + 1, fn, (std::string(names[k]) + "Shape").c_str());
+    if (a.data == nullptr && !(a.value.IsNull() || a.value.IsUndefined()) && numel(s) != 0)
+      type_error(env, std::string(fn) + ": " + names[k] + " is empty");
+    if (!(a.value.IsNull() || a.value.IsUndefined())) check_length(env, a, s, fn, names[k]);
+    // Each operand must broadcast to the output shape (aligned right).
+    if (s.size() > out.size())
+      range_error(env, std::string(fn) + ": " + names[k] + " has a higher rank than the output");
+    for (size_t i = 0; i < s.size(); ++i) {
+      const int64_t e = s[s.size() - 1 - i], o = out[out.size() - 1 - i];
+      if (e != o && e != 1)
+        range_error(env, std::string(fn) + ": " + names[k] + " does not broadcast to the output shape");
+    }
+    if (numel(out) > 0 && numel(s) == 0 && a.data == nullptr && !(a.value.IsNull() || a.value.IsUndefined()))
+      range_error(env, std::string(fn) + ": " + names[k] + " is empty");
+    ops[k]->data = a.data;
+    ops[k]->shape = std::move(s);
+    c.keep.push_back(a.value);
+  }
+  if (!c.args.mean.data && numel(out) > 0) type_error(env, "batchNormalization: mean must be a Float32Array");
+  if (!c.args.variance.data && numel(out) > 0) type_error(env, "batchNormalization: variance must be a Float32Array");
+  if (!c.args.x.data && numel(out) > 0) type_error(env, "batchNormalization: x must be a Float32Array");
+  if (!info[10].IsNumber()) type_error(env, "batchNormalization: varianceEpsilon must be a number");
+  c.args.epsilon = info[10].As<Napi::Number>().DoubleValue();
+  if (!(c.args.epsilon >= 0)) range_error(env, "batchNormalization: varianceEpsilon must be >= 0");
+  F32 y = get_f32(info, 11, fn, "out", false);
+  if (static_cast<int64_t>(y.length) != numel(out))
+    range_error(env, "batchNormalization: out must have " + std::to_string(numel(out)) + " elements");
+  // In place (out === x) is fine elementwise only when x is not broadcast.
+  if (y.data == c.args.x.data && y.data && numel(c.args.x.shape) != numel(out))
+    range_error(env, "batchNormalization: out may alias x only when x has the output's shape");
+  c.args.y = y.data;
+  c.keep.push_back(y.value);
+  std::string why;
+  Status s = select_backend(Op::kBatchNorm, get_backend(info, 13), &c.backend, &why);
+  if (!s.ok()) throw_status(env, s);
+  return c;
+}
+
+template <typename Call>
+class OpWorker : public Napi::AsyncWorker {
+ public:
+  OpWorker(Napi::Env env, Call call)
+      : Napi::AsyncWorker(env, "batchnorm"), call_(std::move(call)), deferred_(Napi::Promise::Deferred::New(env)) {
+    // Inputs and outputs stay referenced (so not collected) until the promise settles.
+    Napi::Object recv = Receiver().Value();
+    for (size_t i = 0; i < call_.keep.size(); ++i) recv.Set(static_cast<uint32_t>(i), call_.keep[i]);
+    call_.keep.clear();
+  }
+  Napi::Promise promise() { return deferred_.Promise(); }
+
+ protected:
+  void Execute() override { status_ = call_.run(); }
+  void OnOK() override {
+    Napi::Env env = Env();
+    if (status_.ok()) deferred_.Resolve(Napi::String::New(env, backend_name(call_.backend)));
+    else deferred_.Reject(make_error(env, status_));
+  }
+  void OnError(const Napi::Error& e) override { deferred_.Reject(e.Value()); }
+
+ private:
+  Call call_;
+  Status status_;
+  Napi::Promise::Deferred deferred_;
+};
+
+class Addon : public Napi::Addon<Addon> {
+ public:
+  Addon(Napi::Env env, Napi::Object exports) {
+    DefineAddon(exports, {
+        InstanceMethod("moments", &Addon::Moments),
+        InstanceMethod("momentsAsync", &Addon::MomentsAsync),
+        InstanceMethod("batchNormalization", &Addon::BatchNorm),
+        InstanceMethod("batchNormalizationAsync", &Addon::BatchNormAsync),
+        InstanceMethod("backends", &Addon::Backends),
+        InstanceMethod("explain", &Addon::Explain),
+        InstanceMethod("setNumThreads", &Addon::SetNumThreads),
+        InstanceMethod("numThreads", &Addon::NumThreads),
+        InstanceMethod("cpuFeatures", &Addon::CpuFeatures),
+        InstanceMethod("cudaInfo", &Addon::CudaInfo),
+        InstanceMethod("memoryBandwidth", &Addon::MemoryBandwidth),
+        InstanceMethod("setBackendErrorClass", &Addon::SetBackendErrorClass),
+    });
+  }
+
+ private:
+  Napi::Value Moments(const Napi::CallbackInfo& info) {
+    MomentsCall c = parse_moments(info);
+    Status s = c.run();
+    if (!s.ok()) throw_status(info.Env(), s);
+    return Napi::String::New(info.Env(), backend_name(c.backend));
+  }
+  Napi::Value MomentsAsync(const Napi::CallbackInfo& info) {
+    MomentsCall c = parse_moments(info);  // throws before anything is allocated
+    auto* w = new OpWorker<MomentsCall>(info.Env(), std::move(c));
+    Napi::Promise p = w->promise();
+    w->Queue();
+    return p;
+  }
+  Napi::Value BatchNorm(const Napi::CallbackInfo& info) {
+    BatchNormCall c = parse_batch_norm(info);
+    Status s = c.run();
+    if (!s.ok()) throw_status(info.Env(), s);
+    return Napi::String::New(info.Env(), backend_name(c.backend));
+  }
+  Napi::Value BatchNormAsync(const Napi::CallbackInfo& info) {
+    BatchNormCall c = parse_batch_norm(info);
+    auto* w = new OpWorker<BatchNormCall>(info.Env(), std::move(c));
+    Napi::Promise p = w->promise();
+    w->Queue();
+    return p;
+  }
+  Napi::Value Backends(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    std::vector<BackendInfo> v = backend_infos();
+    Napi::Array arr = Napi::Array::New(env, v.size());
+    for (size_t i = 0; i < v.size(); ++i) {
+      Napi::Object o = Napi::Object::New(env);
+      o.Set("name", v[i].name);
+      o.Set("available", v[i].available);
+      o.Set("reason", v[i].available ? env.Null() : Napi::String::New(env, v[i].reason));
+      arr.Set(static_cast<uint32_t>(i), o);
+    }
+    return arr;
+  }
+  // explain(op: 'moments' | 'batchNormalization', backend) -> {backend, reason}
+  Napi::Value Explain(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    const std::string op = info[0].IsString() ? info[0].As<Napi::String>().Utf8Value() : "";
+    if (op != "moments" && op != "batchNormalization")
+      type_error(env, "explain: op must be 'moments' or 'batchNormalization'");
+    Backend b;
+    std::string why;
+    Status s = select_backend(op == "moments" ? Op::kMoments : Op::kBatchNorm, get_backend(info, 1), &b, &why);
+    if (!s.ok()) throw_status(env, s);
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("backend", backend_name(b));
+    o.Set("reason", why);
+    return o;
+  }
+  Napi::Value SetNumThreads(const Napi::CallbackInfo& info) {
+    const double n = info[0].IsNumber() ? info[0].As<Napi::Number>().DoubleValue() : 0;
+    if (!(n >= 1 && n <= 256) || n != std::floor(n))
+      range_error(info.Env(), "setNumThreads: n must be an integer in [1, 256]");
+    set_num_threads(static_cast<int>(n));
+    return info.Env().Undefined();
+  }
+  Napi::Value NumThreads(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), num_threads()); }
+  Napi::Value CpuFeatures(const Napi::CallbackInfo& info) { return Napi::String::New(info.Env(), cpu_simd_level()); }
+  Napi::Value CudaInfo(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    const cuda::DeviceInfo& d = cuda::device_info();
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("compiled", cuda::compiled());
+    o.Set("available", d.available);
+    o.Set("reason", d.available ? env.Null() : Napi::String::New(env, d.reason));
+    o.Set("deviceCount", d.device_count);
+    o.Set("name", d.name);
+    o.Set("computeCapability", std::to_string(d.cc_major) + "." + std::to_string(d.cc_minor));
+    o.Set("totalMemory", d.total_memory_bytes);
+    o.Set("driverVersion", d.driver_version);
+    o.Set("runtimeVersion", d.runtime_version);
+    return o;
+  }
+  // memoryBandwidth(bytes, reps) -> {copy, read} in GB/s (benchmark helper)
+  Napi::Value MemoryBandwidth(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    const double bytes = info[0].IsNumber() ? info[0].As<Napi::Number>().DoubleValue() : 0;
+    const double reps = info[1].IsNumber() ? info[1].As<Napi::Number>().DoubleValue() : 0;
+    if (!(bytes >= 1 << 20 && bytes <= 16.0 * (1u << 30))) range_error(env, "memoryBandwidth: bytes must be in [1 MiB, 16 GiB]");
+    if (!(reps >= 1 && reps <= 1000)) range_error(env, "memoryBandwidth: reps must be in [1, 1000]");
+    Bandwidth bw = measure_bandwidth(static_cast<size_t>(bytes), static_cast<int>(reps));
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("copy", bw.copy_gbs);
+    o.Set("read", bw.read_gbs);
+    return o;
+  }
+  Napi::Value SetBackendErrorClass(const Napi::CallbackInfo& info) {
+    if (!info[0].IsFunction()) type_error(info.Env(), "setBackendErrorClass: expected a class");
+    backend_error_ = Napi::Persistent(info[0].As<Napi::Function>());
+    return info.Env().Undefined();
+  }
+
+ public:
+  // Per-environment state: Napi::Addon is the instance data of its environment, so each
+  // worker_thread that loads the addon gets its own (context-aware addon).
+  Napi::FunctionReference backend_error_;
+};
+
+Napi::FunctionReference* backend_error_class(Napi::Env env) {
+  Addon* a = env.GetInstanceData<Addon>();
+  return a ? &a->backend_error_ : nullptr;
+}
+
+}  // namespace
+}  // namespace bn
+
+using BatchnormAddon = bn::Addon;
+NODE_API_ADDON(BatchnormAddon)

@@ -1,0 +1,29 @@
+// Backend registry and the one place that decides which backend runs a call.
+#pragma once
+#include <string>
+#include <vector>
+
+#include "ops.h"
+
+namespace bn {
+
+struct BackendInfo {
+  const char* name;
+  bool available;
+  std::string reason;  // empty when available
+};
+
+std::vector<BackendInfo> backend_infos();
+
+enum class Op { kMoments, kBatchNorm };
+
+// requested: -1 = auto, else a Backend value. On success *chosen is the backend and
+// *why says why it was picked (for 'auto') — the `explain` text.
+Status select_backend(Op op, int requested, Backend* chosen, std::string* why);
+
+Status run_moments(Backend b, const MomentsArgs& a);
+Status run_batch_norm(Backend b, const BatchNormArgs& a);
+
+const char* backend_name(Backend b);
+
+}  // namespace bn
