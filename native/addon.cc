@@ -6,6 +6,7 @@
 #include <napi.h>
 
 #include <cmath>
+#include <memory>
 #include <limits>
 #include <string>
 #include <utility>
@@ -73,6 +74,9 @@ Shape get_shape(const Napi::CallbackInfo& info, size_t i, const char* fn, const 
   Napi::Env env = info.Env();
   if (!info[i].IsArray()) type_error(env, std::string(fn) + ": " + name + " must be an array of integers");
   Napi::Array arr = info[i].As<Napi::Array>();
+  if (arr.Length() > 64)
+    range_error(env, std::string(fn) + ": " + name + " has rank " + std::to_string(arr.Length()) +
+                         "; at most 64 dimensions are supported");
   Shape s(arr.Length());
   int64_t total = 1;
   for (uint32_t k = 0; k < arr.Length(); ++k) {
@@ -213,31 +217,77 @@ BatchNormCall parse_batch_norm(const Napi::CallbackInfo& info) {
   return c;
 }
 
+// Async work on raw napi_async_work rather than Napi::AsyncWorker: when a worker_thread
+// is terminated with work in flight, its completion runs in an environment that refuses
+// every N-API call, and Napi::AsyncWorker then throws a C++ exception from a place where
+// nothing can catch it (std::terminate). Here every status is checked and a refusing
+// environment just means "clean up and return".
 template <typename Call>
-class OpWorker : public Napi::AsyncWorker {
+class OpWork {
  public:
-  OpWorker(Napi::Env env, Call call)
-      : Napi::AsyncWorker(env, "batchnorm"), call_(std::move(call)), deferred_(Napi::Promise::Deferred::New(env)) {
-    // Inputs and outputs stay referenced (so not collected) until the promise settles.
-    Napi::Object recv = Receiver().Value();
-    for (size_t i = 0; i < call_.keep.size(); ++i) recv.Set(static_cast<uint32_t>(i), call_.keep[i]);
-    call_.keep.clear();
+  // Queues the call; returns its promise. Throws (on the JS thread) if queuing fails.
+  static Napi::Value Start(Napi::Env env, Call call) {
+    std::unique_ptr<OpWork> w(new OpWork(std::move(call)));
+    napi_value promise, name;
+    NAPI_THROW_IF_FAILED(env, napi_create_promise(env, &w->deferred_, &promise), Napi::Value());
+    // Inputs and outputs stay referenced (not collected) until the promise settles.
+    Napi::Array keep = Napi::Array::New(env, w->call_.keep.size());
+    for (size_t i = 0; i < w->call_.keep.size(); ++i) keep.Set(static_cast<uint32_t>(i), w->call_.keep[i]);
+    w->call_.keep.clear();
+    NAPI_THROW_IF_FAILED(env, napi_create_reference(env, keep, 1, &w->keep_), Napi::Value());
+    NAPI_THROW_IF_FAILED(env, napi_create_string_utf8(env, "batchnorm", NAPI_AUTO_LENGTH, &name), Napi::Value());
+    NAPI_THROW_IF_FAILED(env, napi_create_async_work(env, nullptr, name, Execute, Complete, w.get(), &w->work_),
+                         Napi::Value());
+    if (napi_queue_async_work(env, w->work_) != napi_ok) {
+      w->Release(env);
+      NAPI_THROW(Napi::Error::New(env, "batchnorm: could not queue async work"), Napi::Value());
+    }
+    w.release();  // owned by the queue until Complete
+    return Napi::Value(env, promise);
   }
-  Napi::Promise promise() { return deferred_.Promise(); }
-
- protected:
-  void Execute() override { status_ = call_.run(); }
-  void OnOK() override {
-    Napi::Env env = Env();
-    if (status_.ok()) deferred_.Resolve(Napi::String::New(env, backend_name(call_.backend)));
-    else deferred_.Reject(make_error(env, status_));
-  }
-  void OnError(const Napi::Error& e) override { deferred_.Reject(e.Value()); }
 
  private:
+  explicit OpWork(Call call) : call_(std::move(call)) {}
+
+  static void Execute(napi_env, void* data) {
+    auto* w = static_cast<OpWork*>(data);
+    w->status_ = w->call_.run();
+  }
+
+  static void Complete(napi_env env, napi_status status, void* data) {
+    std::unique_ptr<OpWork> w(static_cast<OpWork*>(data));
+    napi_handle_scope scope;
+    if (napi_open_handle_scope(env, &scope) != napi_ok) return;  // environment shutting down
+    try {
+      napi_value v = nullptr;
+      if (status == napi_cancelled) {
+        v = make_error(env, Status::Error(Code::kUnsupported, "batchnorm: async work was cancelled"));
+        napi_reject_deferred(env, w->deferred_, v);
+      } else if (w->status_.ok()) {
+        if (napi_create_string_utf8(env, backend_name(w->call_.backend), NAPI_AUTO_LENGTH, &v) == napi_ok)
+          napi_resolve_deferred(env, w->deferred_, v);
+      } else {
+        napi_reject_deferred(env, w->deferred_, make_error(env, w->status_));
+      }
+    } catch (const Napi::Error&) {
+      // The environment refused to build the result (termination): nothing to settle.
+    }
+    w->Release(env);
+    napi_close_handle_scope(env, scope);
+  }
+
+  void Release(napi_env env) {
+    if (keep_) napi_delete_reference(env, keep_);
+    if (work_) napi_delete_async_work(env, work_);
+    keep_ = nullptr;
+    work_ = nullptr;
+  }
+
   Call call_;
   Status status_;
-  Napi::Promise::Deferred deferred_;
+  napi_deferred deferred_ = nullptr;
+  napi_ref keep_ = nullptr;
+  napi_async_work work_ = nullptr;
 };
 
 class Addon : public Napi::Addon<Addon> {
@@ -267,11 +317,7 @@ class Addon : public Napi::Addon<Addon> {
     return Napi::String::New(info.Env(), backend_name(c.backend));
   }
   Napi::Value MomentsAsync(const Napi::CallbackInfo& info) {
-    MomentsCall c = parse_moments(info);  // throws before anything is allocated
-    auto* w = new OpWorker<MomentsCall>(info.Env(), std::move(c));
-    Napi::Promise p = w->promise();
-    w->Queue();
-    return p;
+    return OpWork<MomentsCall>::Start(info.Env(), parse_moments(info));
   }
   Napi::Value BatchNorm(const Napi::CallbackInfo& info) {
     BatchNormCall c = parse_batch_norm(info);
@@ -280,11 +326,7 @@ class Addon : public Napi::Addon<Addon> {
     return Napi::String::New(info.Env(), backend_name(c.backend));
   }
   Napi::Value BatchNormAsync(const Napi::CallbackInfo& info) {
-    BatchNormCall c = parse_batch_norm(info);
-    auto* w = new OpWorker<BatchNormCall>(info.Env(), std::move(c));
-    Napi::Promise p = w->promise();
-    w->Queue();
-    return p;
+    return OpWork<BatchNormCall>::Start(info.Env(), parse_batch_norm(info));
   }
   Napi::Value Backends(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();

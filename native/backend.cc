@@ -50,13 +50,14 @@ std::vector<BackendInfo> backend_infos() {
 }
 
 Status select_backend(Op op, int requested, Backend* chosen, std::string* why) {
-  (void)op;  // every available backend supports both forward ops
+  // Every available backend supports both forward ops; op only names the caller.
+  const char* fn = op == Op::kMoments ? "moments" : "batchNormalization";
   if (requested >= 0) {
     const Backend b = static_cast<Backend>(requested);
     const std::string r = unavailable_reason(b);
     if (!r.empty())
-      return Status::Error(Code::kBackendUnavailable,
-                           std::string("backend '") + backend_name(b) + "' is unavailable: " + r);
+      return Status::Error(Code::kBackendUnavailable, std::string(fn) + ": backend '" + backend_name(b) +
+                                                          "' is unavailable: " + r);
     *chosen = b;
     *why = std::string("requested '") + backend_name(b) + "'";
     return Status::Ok();

@@ -52,7 +52,9 @@ inline void chan_merge(double& n, double& mean, double& m2, double nb, double me
   }
   const double nab = n + nb;
   const double delta = meanb - mean;
-  mean += delta * (nb / nab);
+  // With an infinite mean on one side, delta is ±Inf or NaN; the weighted sum keeps TF's
+  // answer (mean = ±Inf, NaN only for +Inf with −Inf). M2 is NaN there either way.
+  mean = std::isfinite(delta) ? mean + delta * (nb / nab) : mean * (n / nab) + meanb * (nb / nab);
   m2 += m2b + delta * delta * (n * nb / nab);
   n = nab;
 }
@@ -68,9 +70,10 @@ BN_CLONES void chan_merge_columns(double na, double nb, int64_t w, double* __res
     return;
   }
   const double nab = na + nb, f1 = nb / nab, f2 = na * nb / nab;
+  const double f0 = na / nab;
   for (int64_t c = 0; c < w; ++c) {
     const double delta = meanb[c] - mean[c];
-    mean[c] += delta * f1;
+    mean[c] = std::isfinite(delta) ? mean[c] + delta * f1 : mean[c] * f0 + meanb[c] * f1;  // see chan_merge
     m2[c] += m2b[c] + delta * delta * f2;
   }
 }
@@ -151,7 +154,9 @@ BN_CLONES void col_block_stats(const float* const* __restrict rows, int64_t nr, 
     v8d q = qs[k] - ds[k] * ds[k] / vn;
     q = q < zero ? zero : q;
     stored(m2 + 8 * k, q);
-    stored(mean + 8 * k, ms[k] + ds[k] / vn);
+    // mean + Σd/n, unless Σd is not finite (an infinite value: keep the plain mean, as TF)
+    const v8d corr = ds[k] / vn, inf = corr - corr;  // 0 where finite, NaN elsewhere
+    stored(mean + 8 * k, inf == zero ? ms[k] + corr : ms[k]);
   }
 }
 
@@ -312,6 +317,9 @@ BN_CLONES void rows_stats(const float* const* rows, int64_t nr, int64_t w, float
   rows_dev(shifted, nr, w - j, c + j, d, q, D + j, Q + j);
 }
 
+// max(0, v) that keeps NaN (std::max(0.0, NaN) is 0).
+inline double nonneg(double v) { return v < 0 ? 0.0 : v; }
+
 inline bool all_finite(const double* a, const double* b, int64_t w) {
   for (int64_t c = 0; c < w; ++c)
     if (!std::isfinite(a[c]) || !std::isfinite(b[c])) return false;
@@ -333,8 +341,8 @@ void col_narrow_stats(const float* const* rows, int64_t nr, int64_t col, int64_t
       q[c] += e * e;
     }
   for (int64_t c = 0; c < w; ++c) {
-    m2[c] = std::max(0.0, q[c] - d[c] * d[c] / n);
-    mean[c] = s[c] + d[c] / n;
+    m2[c] = nonneg(q[c] - d[c] * d[c] / n);
+    mean[c] = std::isfinite(d[c]) ? s[c] + d[c] / n : s[c];
   }
 }
 
@@ -467,8 +475,8 @@ struct SegmentPlan {
       d = combine_lanes(sd);
       st.m2 = combine_lanes(sq) - d * d / st.n;
     }
-    st.mean += d / st.n;  // mean = shift + Σd/n
-    if (st.m2 < 0) st.m2 = 0;
+    if (std::isfinite(d)) st.mean += d / st.n;  // mean = shift + Σd/n; else plain mean, as TF
+    st.m2 = nonneg(st.m2);
     return st;
   }
 };
@@ -544,7 +552,7 @@ struct ColumnPlan {
     for (int64_t c = 0; c < w; ++c) {
       const double D = mean[c];
       mean[c] = static_cast<double>(cs[c]) + D / n;
-      m2[c] = std::max(0.0, m2[c] - D * D / n);
+      m2[c] = nonneg(m2[c] - D * D / n);
     }
     if (!all_finite(mean, m2, w)) {
       // float32 overflowed (values near FLT_MAX): recompute this piece in float64.

@@ -19,7 +19,19 @@ void advise_fresh_output(void* p, size_t bytes) {
   if (bytes < 4 * kHuge) return;
   const uintptr_t lo = (reinterpret_cast<uintptr_t>(p) + kHuge - 1) & ~(kHuge - 1);
   const uintptr_t hi = (reinterpret_cast<uintptr_t>(p) + bytes) & ~(kHuge - 1);
-  if (hi > lo) madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_HUGEPAGE);
+  if (hi <= lo) return;
+  madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_HUGEPAGE);
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23
+#endif
+  // Fault the pages in from every pool thread at once: the kernel zeroes each new page,
+  // and one thread alone cannot zero as fast as memory takes it. POPULATE_WRITE leaves
+  // the contents alone, so this is safe on memory that is already in use (Linux >= 5.14;
+  // older kernels answer EINVAL and the kernel's own writes fault the pages instead).
+  const size_t pages = (hi - lo) / kHuge;
+  parallel_for(pages, [&](size_t i) {
+    madvise(reinterpret_cast<void*>(lo + i * kHuge), kHuge, MADV_POPULATE_WRITE);
+  });
 #else
   (void)p;
   (void)bytes;

@@ -4,9 +4,10 @@
 
 namespace bn {
 
-// Asks the kernel to back the untouched pages of a large output buffer with huge pages:
-// a fresh Float32Array's pages are faulted in by our first write, and 2 MiB faults are
-// far cheaper than 512 4 KiB ones. Advice only: harmless on memory already touched.
+// Prepares a large output buffer for writing: a fresh Float32Array's pages are not yet
+// mapped, and faulting them in costs more than the kernel itself. Asks for huge pages
+// (one 2 MiB fault instead of 512 4 KiB ones) and faults them in from all pool threads.
+// Never changes the buffer's contents.
 void advise_fresh_output(void* p, size_t bytes);
 
 // Memory bandwidth of this machine, measured with the same thread pool as the kernels.

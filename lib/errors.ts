@@ -1,0 +1,28 @@
+/**
+ * Errors of a backend (not of the caller's arguments): the backend is unavailable, a
+ * CUDA or cuDNN call failed, memory ran out. `code` is a stable string:
+ * ERR_BACKEND_UNAVAILABLE, ERR_OUT_OF_MEMORY, ERR_CUDA, ERR_CUDA_OUT_OF_MEMORY, ERR_CUDNN,
+ * ERR_UNSUPPORTED. Argument errors are TypeError / RangeError.
+ */
+export class BackendError extends Error {
+  readonly code: string;
+
+  constructor(message: string, code: string) {
+    super(message);
+    this.name = 'BackendError';
+    this.code = code;
+  }
+}
+
+/**
+ * Gives an error raised asynchronously the stack of the call that started the work (the
+ * native stack ends in the event loop, which tells the caller nothing). `site` is an
+ * Error created synchronously in the public function.
+ */
+export function withCallerStack(err: unknown, site: Error): unknown {
+  if (err instanceof Error && site.stack) {
+    const frames = site.stack.split('\n').slice(1).join('\n');
+    err.stack = `${err.name}: ${err.message}\n${frames}`;
+  }
+  return err;
+}

@@ -1,0 +1,11 @@
+export { tensor, type Tensor, type ParamLike } from './tensor';
+export {
+  moments, momentsAsync, batchNormalization, batchNormalizationAsync,
+  type Moments, type MomentsOptions, type BatchNormOptions,
+} from './ops';
+export {
+  backends, setBackend, getBackend, explain, setNumThreads, getNumThreads,
+  type BackendChoice, type BackendInfo,
+} from './backend';
+export { BackendError } from './errors';
+export { info, version, type Info } from './info';

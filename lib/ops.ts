@@ -1,0 +1,199 @@
+// moments and batchNormalization: validation and normalization of arguments, then one
+// call into the native binding.
+import { native } from './binding';
+import { backendCode, type BackendChoice } from './backend';
+import { withCallerStack } from './errors';
+import {
+  broadcastShapes, checkOut, checkParam, checkTensor, describe, fmtShape, normalizeAxes,
+  overlaps, product, sameMemory, type ParamLike, type Tensor,
+} from './tensor';
+
+export interface MomentsOptions {
+  /** Keep reduced axes with extent 1 (default false), as tf.nn.moments' keepdims. */
+  keepDims?: boolean;
+  /** Variance divisor is n − correction: 0 (default) = population variance as TF, 1 = unbiased. */
+  correction?: number;
+  /**
+   * Accepted for tf.nn.moments compatibility. TF documents it as unused; here too the
+   * statistics are computed in a way that needs no shift, so the result does not depend on it.
+   */
+  shift?: ParamLike | null;
+  backend?: BackendChoice;
+  /** Write the results into these arrays (length = number of outputs) instead of new ones. */
+  out?: { mean: Float32Array; variance: Float32Array };
+}
+
+export interface Moments {
+  mean: Tensor;
+  variance: Tensor;
+}
+
+export interface BatchNormOptions {
+  backend?: BackendChoice;
+  /** Write y here (length = product of the output shape). May be x.data itself (in place). */
+  out?: Float32Array;
+}
+
+interface MomentsPlan {
+  x: Float32Array;
+  shape: number[];
+  axes: number[];
+  correction: number;
+  mean: Float32Array;
+  variance: Float32Array;
+  outShape: number[];
+  backend: ReturnType<typeof backendCode>;
+}
+
+function planMoments(fn: string, x: unknown, axes: unknown, options: unknown): MomentsPlan {
+  const t = checkTensor(fn, 'x', x);
+  if (options !== undefined && (options === null || typeof options !== 'object')) {
+    throw new TypeError(`${fn}: options must be an object, got ${describe(options)}`);
+  }
+  const o = (options ?? {}) as MomentsOptions;
+  const ax = normalizeAxes(fn, axes, t.shape.length);
+  const keepDims = o.keepDims ?? false;
+  if (typeof keepDims !== 'boolean') {
+    throw new TypeError(`${fn}: options.keepDims must be a boolean, got ${describe(keepDims)}`);
+  }
+  const correction = o.correction ?? 0;
+  if (typeof correction !== 'number') {
+    throw new TypeError(`${fn}: options.correction must be a number, got ${describe(correction)}`);
+  }
+  if (!Number.isFinite(correction) || correction < 0) {
+    throw new RangeError(`${fn}: options.correction must be a finite number >= 0, got ${correction}`);
+  }
+  if (o.shift !== undefined && o.shift !== null) checkParam(fn, 'options.shift', o.shift);
+  const reduced = new Set(ax);
+  const outShape = keepDims
+    ? t.shape.map((d, i) => (reduced.has(i) ? 1 : d))
+    : t.shape.filter((_, i) => !reduced.has(i));
+  const n = product(outShape);
+  let mean: Float32Array;
+  let variance: Float32Array;
+  if (o.out !== undefined) {
+    if (o.out === null || typeof o.out !== 'object') {
+      throw new TypeError(`${fn}: options.out must be {mean, variance}, got ${describe(o.out)}`);
+    }
+    mean = checkOut(fn, 'options.out.mean', o.out.mean, n);
+    variance = checkOut(fn, 'options.out.variance', o.out.variance, n);
+    if (overlaps(mean, variance)) throw new RangeError(`${fn}: options.out.mean and options.out.variance overlap`);
+    if (overlaps(mean, t.data) || overlaps(variance, t.data)) {
+      throw new RangeError(`${fn}: options.out must not overlap x.data`);
+    }
+  } else {
+    mean = new Float32Array(n);
+    variance = new Float32Array(n);
+  }
+  return {
+    x: t.data, shape: t.shape, axes: ax, correction, mean, variance, outShape,
+    backend: backendCode(fn, o.backend),
+  };
+}
+
+/**
+ * Mean and variance of x over `axes` (all axes when omitted), as tf.nn.moments: population
+ * variance unless options.correction says otherwise. Negative axes count from the end.
+ */
+export function moments(x: Tensor, axes?: number | number[], options?: MomentsOptions): Moments {
+  const p = planMoments('moments', x, axes, options);
+  native.moments(p.x, p.shape, p.axes, p.correction, p.mean, p.variance, p.backend);
+  return { mean: { data: p.mean, shape: p.outShape }, variance: { data: p.variance, shape: p.outShape.slice() } };
+}
+
+/** moments computed off the JS thread. x must not be modified until the promise settles. */
+export async function momentsAsync(x: Tensor, axes?: number | number[], options?: MomentsOptions): Promise<Moments> {
+  const site = new Error();
+  const p = planMoments('momentsAsync', x, axes, options);
+  try {
+    await native.momentsAsync(p.x, p.shape, p.axes, p.correction, p.mean, p.variance, p.backend);
+  } catch (e) {
+    throw withCallerStack(e, site);
+  }
+  return { mean: { data: p.mean, shape: p.outShape }, variance: { data: p.variance, shape: p.outShape.slice() } };
+}
+
+interface BatchNormPlan {
+  args: Parameters<typeof native.batchNormalization>;
+  out: Float32Array;
+  outShape: number[];
+}
+
+function planBatchNorm(
+  fn: string, x: unknown, mean: unknown, variance: unknown, offset: unknown, scale: unknown,
+  varianceEpsilon: unknown, options: unknown,
+): BatchNormPlan {
+  const xt = checkTensor(fn, 'x', x);
+  const m = checkParam(fn, 'mean', mean);
+  const v = checkParam(fn, 'variance', variance);
+  const off = offset === null || offset === undefined ? null : checkParam(fn, 'offset', offset);
+  const sc = scale === null || scale === undefined ? null : checkParam(fn, 'scale', scale);
+  if (typeof varianceEpsilon !== 'number') {
+    throw new TypeError(`${fn}: varianceEpsilon must be a number, got ${describe(varianceEpsilon)}`);
+  }
+  if (!Number.isFinite(varianceEpsilon) || varianceEpsilon < 0) {
+    throw new RangeError(`${fn}: varianceEpsilon must be a finite number >= 0, got ${varianceEpsilon}`);
+  }
+  if (options !== undefined && (options === null || typeof options !== 'object')) {
+    throw new TypeError(`${fn}: options must be an object, got ${describe(options)}`);
+  }
+  const o = (options ?? {}) as BatchNormOptions;
+  const operands = [{ name: 'x', shape: xt.shape }, { name: 'mean', shape: m.shape }, { name: 'variance', shape: v.shape }];
+  if (off) operands.push({ name: 'offset', shape: off.shape });
+  if (sc) operands.push({ name: 'scale', shape: sc.shape });
+  const outShape = broadcastShapes(fn, operands);
+  const n = product(outShape);
+  let out: Float32Array;
+  if (o.out !== undefined) {
+    out = checkOut(fn, 'options.out', o.out, n);
+    if (overlaps(out, xt.data) && !(sameMemory(out, xt.data) && xt.data.length === n)) {
+      throw new RangeError(
+        `${fn}: options.out overlaps x.data; only exact in-place use (out = x.data with x of the output shape ${fmtShape(outShape)}) is supported`,
+      );
+    }
+    for (const [name, p] of [['mean', m], ['variance', v], ['offset', off], ['scale', sc]] as const) {
+      if (p && overlaps(out, p.data)) throw new RangeError(`${fn}: options.out must not overlap ${name}`);
+    }
+  } else {
+    out = new Float32Array(n);
+  }
+  return {
+    args: [
+      xt.data, xt.shape, m.data, m.shape, v.data, v.shape,
+      off ? off.data : null, off ? off.shape : [], sc ? sc.data : null, sc ? sc.shape : [],
+      varianceEpsilon, out, outShape, backendCode(fn, o.backend),
+    ],
+    out,
+    outShape,
+  };
+}
+
+/**
+ * y = (x − mean) · scale / sqrt(variance + varianceEpsilon) + offset, as
+ * tf.nn.batch_normalization, with numpy broadcasting of mean, variance, offset and scale
+ * (tensors of any broadcastable shape, Float32Arrays = shape [length], or numbers;
+ * offset/scale null = 0 / 1). The output shape is the broadcast of all five shapes.
+ */
+export function batchNormalization(
+  x: Tensor, mean: ParamLike, variance: ParamLike, offset: ParamLike | null | undefined,
+  scale: ParamLike | null | undefined, varianceEpsilon: number, options?: BatchNormOptions,
+): Tensor {
+  const p = planBatchNorm('batchNormalization', x, mean, variance, offset, scale, varianceEpsilon, options);
+  native.batchNormalization(...p.args);
+  return { data: p.out, shape: p.outShape };
+}
+
+/** batchNormalization computed off the JS thread. Inputs must not be modified until it settles. */
+export async function batchNormalizationAsync(
+  x: Tensor, mean: ParamLike, variance: ParamLike, offset: ParamLike | null | undefined,
+  scale: ParamLike | null | undefined, varianceEpsilon: number, options?: BatchNormOptions,
+): Promise<Tensor> {
+  const site = new Error();
+  const p = planBatchNorm('batchNormalizationAsync', x, mean, variance, offset, scale, varianceEpsilon, options);
+  try {
+    await native.batchNormalizationAsync(...p.args);
+  } catch (e) {
+    throw withCallerStack(e, site);
+  }
+  return { data: p.out, shape: p.outShape };
+}

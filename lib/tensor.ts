@@ -1,0 +1,191 @@
+// Tensors are plain {data, shape} records: a Float32Array in row-major (C) order and its
+// dimensions. Anything with those two fields works — tfjs' dataSync() output with
+// tensor.shape, an ndarray with default strides, or our own results.
+
+export interface Tensor {
+  readonly data: Float32Array;
+  readonly shape: readonly number[];
+}
+
+/** A parameter of batchNormalization: a tensor, a Float32Array (shape [length]) or a number. */
+export type ParamLike = Tensor | Float32Array | number;
+
+export const MAX_RANK = 64;
+
+export function describe(v: unknown): string {
+  if (v === null) return 'null';
+  if (v === undefined) return 'undefined';
+  if (Array.isArray(v)) return 'an Array';
+  if (ArrayBuffer.isView(v)) return `a ${v.constructor.name}`;
+  if (typeof v === 'number') return String(v);
+  if (typeof v === 'string') return `the string ${JSON.stringify(v)}`;
+  if (typeof v === 'object') return `an object (${(v as object).constructor?.name ?? 'Object'})`;
+  return `a ${typeof v}`;
+}
+
+export function fmtShape(shape: readonly number[]): string {
+  return `[${shape.join(', ')}]`;
+}
+
+export function product(shape: readonly number[]): number {
+  let n = 1;
+  for (const d of shape) n *= d;
+  return n;
+}
+
+/** Validates a shape: array of non-negative safe integers, rank <= MAX_RANK. */
+export function checkShape(fn: string, name: string, shape: unknown): number[] {
+  if (!Array.isArray(shape)) {
+    throw new TypeError(`${fn}: ${name} must be an array of non-negative integers, got ${describe(shape)}`);
+  }
+  if (shape.length > MAX_RANK) {
+    throw new RangeError(`${fn}: ${name} has rank ${shape.length}; at most ${MAX_RANK} dimensions are supported`);
+  }
+  for (let i = 0; i < shape.length; i++) {
+    const d = shape[i];
+    if (typeof d !== 'number' || !Number.isSafeInteger(d) || d < 0) {
+      throw new TypeError(`${fn}: ${name}[${i}] must be a non-negative integer, got ${describe(d)}`);
+    }
+  }
+  const n = product(shape);
+  if (!Number.isSafeInteger(n)) {
+    throw new RangeError(`${fn}: ${name} ${fmtShape(shape)} has more elements than Number.MAX_SAFE_INTEGER`);
+  }
+  return shape.slice();
+}
+
+function checkData(fn: string, name: string, data: unknown): Float32Array {
+  if (!(data instanceof Float32Array)) {
+    throw new TypeError(`${fn}: ${name} must be a Float32Array, got ${describe(data)}`);
+  }
+  return data;
+}
+
+/**
+ * Validates a tensor argument and returns a normalized copy of its shape. ndarray-style
+ * objects (with `stride`/`offset`) are accepted only when they are plain row-major views.
+ */
+export function checkTensor(fn: string, name: string, t: unknown): { data: Float32Array; shape: number[] } {
+  if (t === null || typeof t !== 'object' || ArrayBuffer.isView(t) || Array.isArray(t)) {
+    throw new TypeError(`${fn}: ${name} must be a tensor {data: Float32Array, shape: number[]}, got ${describe(t)}`);
+  }
+  const obj = t as { data?: unknown; shape?: unknown; stride?: unknown; offset?: unknown };
+  const data = checkData(fn, `${name}.data`, obj.data);
+  const shape = checkShape(fn, `${name}.shape`, obj.shape);
+  const n = product(shape);
+  if (data.length !== n) {
+    throw new RangeError(
+      `${fn}: ${name}.data has ${data.length} elements but ${name}.shape ${fmtShape(shape)} needs ${n}`,
+    );
+  }
+  if (obj.offset !== undefined && obj.offset !== 0) {
+    throw new RangeError(`${fn}: ${name} is a view with offset ${describe(obj.offset)}; pass a contiguous tensor`);
+  }
+  if (Array.isArray(obj.stride)) {
+    let expect = 1;
+    for (let i = shape.length - 1; i >= 0; i--) {
+      if (shape[i] > 1 && obj.stride[i] !== expect) {
+        throw new RangeError(`${fn}: ${name} has strides ${fmtShape(obj.stride)}, not row-major; pass a contiguous tensor`);
+      }
+      expect *= shape[i];
+    }
+  }
+  return { data, shape };
+}
+
+/** A batchNormalization parameter as a tensor: numbers become shape [], arrays shape [n]. */
+export function checkParam(fn: string, name: string, p: unknown): { data: Float32Array; shape: number[] } {
+  if (typeof p === 'number') return { data: new Float32Array([p]), shape: [] };
+  if (p instanceof Float32Array) return { data: p, shape: [p.length] };
+  if (p !== null && typeof p === 'object' && !ArrayBuffer.isView(p) && !Array.isArray(p)) {
+    return checkTensor(fn, name, p);
+  }
+  throw new TypeError(`${fn}: ${name} must be a tensor, a Float32Array or a number, got ${describe(p)}`);
+}
+
+/** numpy broadcasting of shapes (aligned right); RangeError naming the operand that fails. */
+export function broadcastShapes(fn: string, operands: { name: string; shape: readonly number[] }[]): number[] {
+  const rank = Math.max(0, ...operands.map((o) => o.shape.length));
+  const out = new Array<number>(rank).fill(1);
+  for (const { shape } of operands) {
+    for (let i = 0; i < shape.length; i++) {
+      const d = rank - shape.length + i;
+      if (shape[i] !== 1) out[d] = out[d] === 1 ? shape[i] : out[d];
+    }
+  }
+  for (const { name, shape } of operands) {
+    for (let i = 0; i < shape.length; i++) {
+      const d = rank - shape.length + i;
+      if (shape[i] !== 1 && shape[i] !== out[d]) {
+        const others = operands.map((o) => `${o.name} ${fmtShape(o.shape)}`).join(', ');
+        throw new RangeError(`${fn}: shapes do not broadcast: ${name} has ${shape[i]} where another operand has ${out[d]} (${others})`);
+      }
+    }
+  }
+  return out;
+}
+
+/** Normalizes axes: integers in [-rank, rank), distinct; returns them sorted ascending. */
+export function normalizeAxes(fn: string, axes: unknown, rank: number): number[] {
+  if (axes === undefined || axes === null) return Array.from({ length: rank }, (_, i) => i);
+  const list = typeof axes === 'number' ? [axes] : axes;
+  if (!Array.isArray(list)) {
+    throw new TypeError(`${fn}: axes must be an integer or an array of integers, got ${describe(axes)}`);
+  }
+  const seen = new Set<number>();
+  const out: number[] = [];
+  for (let i = 0; i < list.length; i++) {
+    const a = list[i];
+    const label = typeof axes === 'number' ? 'axes' : `axes[${i}]`;
+    if (typeof a !== 'number' || !Number.isInteger(a)) {
+      throw new TypeError(`${fn}: ${label} must be an integer, got ${describe(a)}`);
+    }
+    if (a < -rank || a >= rank) {
+      throw new RangeError(`${fn}: ${label} = ${a} is out of range for a tensor of rank ${rank}`);
+    }
+    const n = a < 0 ? a + rank : a;
+    if (seen.has(n)) {
+      throw new RangeError(`${fn}: ${label} = ${a} repeats axis ${n}`);
+    }
+    seen.add(n);
+    out.push(n);
+  }
+  return out.sort((p, q) => p - q);
+}
+
+/** Creates a tensor, copying `data` when it is a plain array. Default shape: [length]. */
+export function tensor(data: Float32Array | ArrayLike<number>, shape?: readonly number[]): Tensor {
+  const arr = data instanceof Float32Array ? data : Float32Array.from(data as ArrayLike<number>);
+  const s = shape === undefined ? [arr.length] : checkShape('tensor', 'shape', shape);
+  if (product(s) !== arr.length) {
+    throw new RangeError(`tensor: data has ${arr.length} elements but shape ${fmtShape(s)} needs ${product(s)}`);
+  }
+  return { data: arr, shape: s };
+}
+
+function byteRange(a: ArrayBufferView): [ArrayBufferLike, number, number] {
+  return [a.buffer, a.byteOffset, a.byteOffset + a.byteLength];
+}
+
+/** True when two views share at least one byte of the same buffer. */
+export function overlaps(a: ArrayBufferView, b: ArrayBufferView): boolean {
+  const [ba, a0, a1] = byteRange(a);
+  const [bb, b0, b1] = byteRange(b);
+  return ba === bb && a0 < b1 && b0 < a1 && a.byteLength > 0 && b.byteLength > 0;
+}
+
+/** True when two views are exactly the same memory. */
+export function sameMemory(a: ArrayBufferView, b: ArrayBufferView): boolean {
+  return a.buffer === b.buffer && a.byteOffset === b.byteOffset && a.byteLength === b.byteLength;
+}
+
+/** Validates an `out` Float32Array of a given length. */
+export function checkOut(fn: string, name: string, out: unknown, length: number): Float32Array {
+  if (!(out instanceof Float32Array)) {
+    throw new TypeError(`${fn}: ${name} must be a Float32Array, got ${describe(out)}`);
+  }
+  if (out.length !== length) {
+    throw new RangeError(`${fn}: ${name} has ${out.length} elements but the result has ${length}`);
+  }
+  return out;
+}

@@ -1,0 +1,110 @@
+// Every bad input: the right error class, a message naming function, parameter,
+// expectation and what arrived, a stack through the caller, and no damage to inputs.
+import * as assert from 'node:assert/strict';
+import {
+  BackendError, batchNormalization, batchNormalizationAsync, moments, momentsAsync, setBackend, setNumThreads, tensor,
+} from '../lib/index';
+import { native } from '../lib/binding';
+
+const x = tensor(new Float32Array([1, 2, 3, 4, 5, 6, 7, 8]), [2, 2, 2]);
+const c2 = new Float32Array([0, 0]);
+const v2 = new Float32Array([1, 1]);
+
+type Call = () => unknown;
+const cases: [string, Call, ErrorConstructor | typeof BackendError, RegExp][] = [
+  // x itself
+  ['x not a tensor', () => moments(new Float32Array(4) as never, [0]), TypeError, /^moments: x must be a tensor \{data: Float32Array, shape: number\[\]\}, got a Float32Array$/],
+  ['x.data a Float64Array', () => moments({ data: new Float64Array(4), shape: [4] } as never, [0]), TypeError, /^moments: x\.data must be a Float32Array, got a Float64Array$/],
+  ['x.data a plain array', () => moments({ data: [1, 2], shape: [2] } as never, [0]), TypeError, /^moments: x\.data must be a Float32Array, got an Array$/],
+  ['shape not an array', () => moments({ data: new Float32Array(4), shape: 4 } as never, [0]), TypeError, /^moments: x\.shape must be an array of non-negative integers, got 4$/],
+  ['shape with a negative', () => moments({ data: new Float32Array(4), shape: [-4] }, [0]), TypeError, /^moments: x\.shape\[0\] must be a non-negative integer, got -4$/],
+  ['shape with a fraction', () => moments({ data: new Float32Array(4), shape: [2, 1.5] }, [0]), TypeError, /^moments: x\.shape\[1\] must be a non-negative integer, got 1\.5$/],
+  ['shape with a string', () => moments({ data: new Float32Array(4), shape: ['4'] } as never, [0]), TypeError, /^moments: x\.shape\[0\] must be a non-negative integer, got the string "4"$/],
+  ['length ≠ product(shape)', () => moments({ data: new Float32Array(5), shape: [2, 2] }, [0]), RangeError, /^moments: x\.data has 5 elements but x\.shape \[2, 2\] needs 4$/],
+  ['rank above 64', () => moments({ data: new Float32Array(1), shape: new Array(65).fill(1) }, [0]), RangeError, /^moments: x\.shape has rank 65; at most 64 dimensions are supported$/],
+  ['strided ndarray view', () => moments({ data: new Float32Array(4), shape: [2, 2], stride: [1, 2], offset: 0 } as never, [0]), RangeError, /^moments: x has strides \[1, 2\], not row-major/],
+  // axes
+  ['axis out of range', () => moments(x, [0, 3]), RangeError, /^moments: axes\[1\] = 3 is out of range for a tensor of rank 3$/],
+  ['negative axis out of range', () => moments(x, [-4]), RangeError, /^moments: axes\[0\] = -4 is out of range for a tensor of rank 3$/],
+  ['duplicate axis', () => moments(x, [1, -2]), RangeError, /^moments: axes\[1\] = -2 repeats axis 1$/],
+  ['non-integer axis', () => moments(x, [0.5]), TypeError, /^moments: axes\[0\] must be an integer, got 0\.5$/],
+  ['axes a string', () => moments(x, '0' as never), TypeError, /^moments: axes must be an integer or an array of integers, got the string "0"$/],
+  // options
+  ['keepDims not boolean', () => moments(x, [0], { keepDims: 1 as never }), TypeError, /^moments: options\.keepDims must be a boolean, got 1$/],
+  ['correction negative', () => moments(x, [0], { correction: -1 }), RangeError, /^moments: options\.correction must be a finite number >= 0, got -1$/],
+  ['out wrong length', () => moments(x, [0], { out: { mean: new Float32Array(3), variance: new Float32Array(4) } }), RangeError, /^moments: options\.out\.mean has 3 elements but the result has 4$/],
+  ['out wrong type', () => moments(x, [0], { out: { mean: new Float64Array(4), variance: new Float32Array(4) } as never }), TypeError, /^moments: options\.out\.mean must be a Float32Array, got a Float64Array$/],
+  ['out overlapping x', () => moments(x, [0], { out: { mean: x.data.subarray(0, 4), variance: new Float32Array(4) } }), RangeError, /^moments: options\.out must not overlap x\.data$/],
+  ['out mean = variance', () => { const a = new Float32Array(4); return moments(x, [0], { out: { mean: a, variance: a } }); }, RangeError, /^moments: options\.out\.mean and options\.out\.variance overlap$/],
+  ['unknown backend', () => moments(x, [0], { backend: 'tpu' as never }), TypeError, /^moments: backend must be one of 'auto', 'cpu', 'cuda', 'cudnn', got the string "tpu"$/],
+  // batchNormalization
+  ['bn: mean a plain array', () => batchNormalization(x, [0, 0] as never, v2, null, null, 1e-3), TypeError, /^batchNormalization: mean must be a tensor, a Float32Array or a number, got an Array$/],
+  ['bn: scale a string', () => batchNormalization(x, c2, v2, null, 'a' as never, 1e-3), TypeError, /^batchNormalization: scale must be a tensor, a Float32Array or a number, got the string "a"$/],
+  ['bn: shapes do not broadcast', () => batchNormalization(x, new Float32Array(3), v2, null, null, 1e-3), RangeError, /^batchNormalization: shapes do not broadcast: mean has 3 where another operand has 2 \(x \[2, 2, 2\], mean \[3\], variance \[2\]\)$/],
+  ['bn: ε negative', () => batchNormalization(x, c2, v2, null, null, -1e-3), RangeError, /^batchNormalization: varianceEpsilon must be a finite number >= 0, got -0\.001$/],
+  ['bn: ε NaN', () => batchNormalization(x, c2, v2, null, null, NaN), RangeError, /^batchNormalization: varianceEpsilon must be a finite number >= 0, got NaN$/],
+  ['bn: ε Infinity', () => batchNormalization(x, c2, v2, null, null, Infinity), RangeError, /^batchNormalization: varianceEpsilon must be a finite number >= 0, got Infinity$/],
+  ['bn: ε a string', () => batchNormalization(x, c2, v2, null, null, '1' as never), TypeError, /^batchNormalization: varianceEpsilon must be a number, got the string "1"$/],
+  ['bn: out wrong length', () => batchNormalization(x, c2, v2, null, null, 1e-3, { out: new Float32Array(7) }), RangeError, /^batchNormalization: options\.out has 7 elements but the result has 8$/],
+  ['bn: out partially overlapping x', () => { const buf = new Float32Array(12); const xx = { data: buf.subarray(0, 8), shape: [2, 2, 2] }; return batchNormalization(xx, c2, v2, null, null, 1e-3, { out: buf.subarray(2, 10) }); }, RangeError, /^batchNormalization: options\.out overlaps x\.data; only exact in-place use/],
+  ['bn: out aliasing a parameter', () => { const y = new Float32Array(8); return batchNormalization(x, y.subarray(0, 2), v2, null, null, 1e-3, { out: y }); }, RangeError, /^batchNormalization: options\.out must not overlap mean$/],
+  ['bn: cuda unavailable', () => batchNormalization(x, c2, v2, null, null, 1e-3, { backend: 'cuda' }), BackendError, /^batchNormalization: backend 'cuda' is unavailable: /],
+  // misc
+  ['setBackend unknown', () => setBackend('gpu' as never), TypeError, /^setBackend: backend must be one of/],
+  ['setNumThreads 0', () => setNumThreads(0), RangeError, /^setNumThreads: n must be an integer in \[1, 256\], got 0$/],
+];
+
+describe('errors', () => {
+  for (const [name, call, cls, re] of cases) {
+    it(`${name}: ${cls.name}`, function () {
+      if (name === 'bn: cuda unavailable' && native.backends().find((b) => b.name === 'cuda')?.available) this.skip();
+      const before = x.data.slice();
+      assert.throws(call, (e: unknown) => {
+        assert.ok(e instanceof cls, `expected ${cls.name}, got ${(e as Error)?.constructor?.name}: ${(e as Error)?.message}`);
+        assert.match((e as Error).message, re);
+        // the stack runs through this test file (the caller)
+        assert.match((e as Error).stack ?? '', /errors\.test\.js/);
+        return true;
+      });
+      assert.deepEqual(x.data, before, 'input modified');
+    });
+  }
+
+  it('BackendError carries a code and is an Error', () => {
+    const cuda = native.backends().find((b) => b.name === 'cuda')!;
+    if (cuda.available) return;
+    try {
+      moments(x, [0], { backend: 'cuda' });
+      assert.fail('no error');
+    } catch (e) {
+      assert.ok(e instanceof BackendError && e instanceof Error);
+      assert.equal((e as BackendError).code, 'ERR_BACKEND_UNAVAILABLE');
+      assert.equal((e as BackendError).name, 'BackendError');
+      assert.match((e as Error).message, /^moments: backend 'cuda' is unavailable: /);
+    }
+  });
+
+  it('async variants reject (not throw) with the same classes and the caller in the stack', async () => {
+    await assert.rejects(momentsAsync(x, [7]), (e: Error) => e instanceof RangeError && /^momentsAsync: axes\[0\] = 7 is out of range/.test(e.message) && /errors\.test\.js/.test(e.stack!));
+    await assert.rejects(batchNormalizationAsync(x, c2, v2, null, null, -1), (e: Error) => e instanceof RangeError && /^batchNormalizationAsync: varianceEpsilon/.test(e.message));
+  });
+
+  describe('the binding re-checks what the kernels rely on (callers that bypass lib/)', () => {
+    const f = new Float32Array(4);
+    const raw: [string, Call, RegExp][] = [
+      ['x not a Float32Array', () => native.moments(new Float64Array(4) as never, [4], [0], 0, f, f, 0), /moments: x must be a Float32Array/],
+      ['length mismatch', () => native.moments(f, [5], [0], 0, f, f, 0), /moments: x has 4 elements but its shape needs 5/],
+      ['axis out of range', () => native.moments(f, [4], [1], 0, f, f, 0), /moments: axes\[0\] must be a distinct axis in \[0, 1\)/],
+      ['duplicate axis', () => native.moments(f, [2, 2], [0, 0], 0, f, f, 0), /moments: axes\[1\] must be a distinct axis/],
+      ['output too short', () => native.moments(f, [4], [], 0, new Float32Array(1), f, 0), /moments: out\.mean and out\.variance must have 4 elements/],
+      ['rank too high', () => native.moments(f, new Array(65).fill(1).concat([4]), [0], 0, f, f, 0), /rank/],
+      ['bn operand does not broadcast', () => native.batchNormalization(f, [4], f.subarray(0, 3), [3], f, [4], null, [], null, [], 0, new Float32Array(4), [4], 0), /batchNormalization: mean does not broadcast/],
+      ['bn out too short', () => native.batchNormalization(f, [4], f, [4], f, [4], null, [], null, [], 0, new Float32Array(3), [4], 0), /batchNormalization: out must have 4 elements/],
+      ['bn negative epsilon', () => native.batchNormalization(f, [4], f, [4], f, [4], null, [], null, [], -1, new Float32Array(4), [4], 0), /varianceEpsilon must be >= 0/],
+      ['bad backend code', () => native.moments(f, [4], [0], 0, new Float32Array(1), new Float32Array(1), 7 as never), /backend must be -1/],
+    ];
+    for (const [name, call, re] of raw) {
+      it(name, () => assert.throws(call, (e: Error) => (e instanceof TypeError || e instanceof RangeError) && re.test(e.message)));
+    }
+  });
+});
