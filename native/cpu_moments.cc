@@ -529,8 +529,9 @@ struct ColumnPlan {
     J = product(red);
     P = product(kept);
     tiles = (C + kColTile - 1) / kColTile;
-    // Rows per piece: a piece of about kPiece elements stays in L1 for pass 2.
-    R = std::max<int64_t>(1, kPiece / std::min(C, kColTile));
+    // Rows per piece: about kPiece elements (L1-resident for pass 2), and at least 64 rows
+    // so that wide rows still amortize the per-piece fold.
+    R = std::max<int64_t>(64, kPiece / std::min(C, kColTile));
     pieces = (J + R - 1) / R;
   }
   int64_t tile_width(int64_t t) const { return std::min(kColTile, C - t * kColTile); }
@@ -564,62 +565,75 @@ struct ColumnPlan {
   }
 };
 
-// Folds the pieces of one unit left to right, then writes the unit's results.
-void fold_columns(const MomentsArgs& a, const ColumnPlan& p, int64_t ko, int64_t t,
-                  const double* pm, const double* pm2, const int64_t* pn, size_t piece_stride) {
+// Pieces are folded in blocks of kFoldBlock consecutive pieces (left to right), then the
+// block results are folded left to right. Both parallel strategies below use exactly
+// this order, so the bits never depend on which one ran (the choice depends on the
+// thread count), and the few-units strategy keeps only one partial per block.
+constexpr int64_t kFoldBlock = 32;
+
+// Folds pieces [k0, k1) of unit (ko, t) into mean/m2 (w columns); returns their count.
+double fold_pieces(const float* x, const ColumnPlan& p, int64_t ko, int64_t t, int64_t k0, int64_t k1,
+                   double* mean, double* m2) {
   const int64_t w = p.tile_width(t);
-  std::vector<double> mean(static_cast<size_t>(w)), m2(static_cast<size_t>(w));
+  double pm[kColTile], pm2[kColTile];
   double n = 0;
-  for (int64_t k = 0; k < p.pieces; ++k) {
-    const double nb = static_cast<double>(pn[k]);
-    chan_merge_columns(n, nb, w, mean.data(), m2.data(), pm + k * piece_stride, pm2 + k * piece_stride);
-    n += nb;
+  for (int64_t k = k0; k < k1; ++k) {
+    const double nr = static_cast<double>(p.piece(x, ko, t, k, pm, pm2));
+    chan_merge_columns(n, nr, w, mean, m2, pm, pm2);
+    n += nr;
   }
-  for (int64_t c = 0; c < w; ++c) write_result(a, ko * p.C + t * kColTile + c, n, mean[c], m2[c]);
+  return n;
 }
 
 Status run_columns(const MomentsArgs& a, ColumnPlan& p) {
   p.init();
   const int64_t units = p.P * p.tiles;
-  const int threads = num_threads();
+  const int64_t blocks = (p.pieces + kFoldBlock - 1) / kFoldBlock;
   const size_t W = static_cast<size_t>(std::min(p.C, kColTile));
-  std::vector<double> buf;
-  std::vector<int64_t> counts;
-  const bool per_unit = units >= 2 * threads || p.pieces == 1;
-  try {
-    buf.resize(2 * W * static_cast<size_t>(per_unit ? 0 : units * p.pieces));
-    counts.resize(static_cast<size_t>(p.pieces));
-  } catch (const std::bad_alloc&) {
-    return Status::Error(Code::kOutOfMemory, "moments: out of host memory for partial statistics");
-  }
-  for (int64_t k = 0; k < p.pieces; ++k) counts[static_cast<size_t>(k)] = std::min(p.R, p.J - k * p.R);
-  if (per_unit) {
-    // Many units: one task per unit folds its pieces, using a running accumulator whose
-    // arithmetic is exactly fold_columns' (same pieces, same order).
-    parallel_for(static_cast<size_t>(units), [&](size_t u) {
-      const int64_t ko = static_cast<int64_t>(u) / p.tiles, t = static_cast<int64_t>(u) % p.tiles;
-      const size_t w = static_cast<size_t>(p.tile_width(t));
-      std::vector<double> pm(w * static_cast<size_t>(p.pieces)), pm2(pm.size());
-      for (int64_t k = 0; k < p.pieces; ++k)
-        p.piece(a.x, ko, t, k, pm.data() + static_cast<size_t>(k) * w, pm2.data() + static_cast<size_t>(k) * w);
-      fold_columns(a, p, ko, t, pm.data(), pm2.data(), counts.data(), w);
+  auto write_unit = [&](int64_t u, double n, const double* mean, const double* m2) {
+    const int64_t ko = u / p.tiles, t = u % p.tiles;
+    for (int64_t c = 0; c < p.tile_width(t); ++c) write_result(a, ko * p.C + t * kColTile + c, n, mean[c], m2[c]);
+  };
+  if (units >= 2 * num_threads() || blocks == 1) {
+    // Many units: one task per unit.
+    parallel_for(static_cast<size_t>(units), [&](size_t uu) {
+      const int64_t u = static_cast<int64_t>(uu), ko = u / p.tiles, t = u % p.tiles, w = p.tile_width(t);
+      double mean[kColTile], m2[kColTile], bm[kColTile], bm2[kColTile];
+      double n = 0;
+      for (int64_t b = 0; b < blocks; ++b) {
+        const double nb = fold_pieces(a.x, p, ko, t, b * kFoldBlock, std::min(p.pieces, (b + 1) * kFoldBlock), bm, bm2);
+        chan_merge_columns(n, nb, w, mean, m2, bm, bm2);
+        n += nb;
+      }
+      write_unit(u, n, mean, m2);
     });
     return Status::Ok();
   }
-  // Few units (the NHWC hot path has one): pieces in parallel, then fold per column.
-  const size_t piece_stride = W;
-  const size_t unit_stride = W * static_cast<size_t>(p.pieces);
-  double* means = buf.data();
-  double* m2s = buf.data() + W * static_cast<size_t>(units * p.pieces);
-  parallel_for(static_cast<size_t>(units * p.pieces), [&](size_t task) {
-    const int64_t u = static_cast<int64_t>(task) / p.pieces, k = static_cast<int64_t>(task) % p.pieces;
-    const size_t at = static_cast<size_t>(u) * unit_stride + static_cast<size_t>(k) * piece_stride;
-    p.piece(a.x, u / p.tiles, u % p.tiles, k, means + at, m2s + at);
+  // Few units (the NHWC hot path has one): blocks in parallel, then fold per unit.
+  std::vector<double> part;
+  try {
+    part.resize(2 * W * static_cast<size_t>(units * blocks));
+  } catch (const std::bad_alloc&) {
+    return Status::Error(Code::kOutOfMemory, "moments: out of host memory for partial statistics");
+  }
+  std::vector<double> counts(static_cast<size_t>(units * blocks));
+  parallel_for(static_cast<size_t>(units * blocks), [&](size_t task) {
+    const int64_t u = static_cast<int64_t>(task) / blocks, b = static_cast<int64_t>(task) % blocks;
+    double* at = part.data() + 2 * W * task;
+    counts[task] = fold_pieces(a.x, p, u / p.tiles, u % p.tiles, b * kFoldBlock,
+                               std::min(p.pieces, (b + 1) * kFoldBlock), at, at + W);
   });
-  parallel_for(static_cast<size_t>(units), [&](size_t u) {
-    const size_t at = u * unit_stride;
-    fold_columns(a, p, static_cast<int64_t>(u) / p.tiles, static_cast<int64_t>(u) % p.tiles,
-                 means + at, m2s + at, counts.data(), piece_stride);
+  parallel_for(static_cast<size_t>(units), [&](size_t uu) {
+    const int64_t u = static_cast<int64_t>(uu), w = p.tile_width(u % p.tiles);
+    double mean[kColTile], m2[kColTile];
+    double n = 0;
+    for (int64_t b = 0; b < blocks; ++b) {
+      const size_t task = static_cast<size_t>(u * blocks + b);
+      const double* at = part.data() + 2 * W * task;
+      chan_merge_columns(n, counts[task], w, mean, m2, at, at + W);
+      n += counts[task];
+    }
+    write_unit(u, n, mean, m2);
   });
   return Status::Ok();
 }
