@@ -22,7 +22,7 @@ const WORKLOADS = [
   { id: 'W3', shape: [4096, 1024], axes: [0], note: 'columns' },
 ].filter((w) => !only || only.includes(w.id));
 
-const REPS = quick ? 7 : 21;
+const REPS = quick ? 7 : 41;
 
 function median(a) {
   const s = a.slice().sort((p, q) => p - q);
@@ -30,7 +30,7 @@ function median(a) {
 }
 
 /** Median wall time (ms) of fn over reps runs after warm-up runs. */
-async function time(fn, reps = REPS, warm = 2) {
+async function time(fn, reps = REPS, warm = 5) {
   for (let i = 0; i < warm; i++) await fn();
   const t = [];
   for (let i = 0; i < reps; i++) {
@@ -221,6 +221,19 @@ async function main() {
         console.log(`| ${impl} | ${opName} | ${ms.toFixed(2)} | ${(moved[op] / ms / 1e6).toFixed(1)} | ${(ms / floors[op]).toFixed(2)} | ${(ms / ours).toFixed(2)} |`);
         rows.push({ workload: w.id, shape: w.shape, axes: w.axes, impl, op, ms, gbps: moved[op] / ms / 1e6, floorRatio: ms / floors[op], vsOurs: ms / ours });
       }
+    }
+  }
+  // Summary: ms and × floor per implementation and op, one row per workload.
+  console.log('\n## Summary (median ms, × floor in parentheses; lower is better)\n');
+  console.log('| workload | implementation | moments | batchNormalization | both |');
+  console.log('|---|---|---:|---:|---:|');
+  for (const w of WORKLOADS) {
+    for (const impl of ['batchnorm (out)', 'batchnorm (fresh)', 'onnxruntime-node', 'TensorFlow.js wasm', 'plain JS loop']) {
+      const cell = (op) => {
+        const r = rows.find((q) => q.workload === w.id && q.impl === impl && q.op === op);
+        return r ? `${r.ms.toFixed(2)} (${r.floorRatio.toFixed(2)}×)` : '–';
+      };
+      console.log(`| ${w.id} | ${impl} | ${cell('moments')} | ${cell('bn')} | ${cell('both')} |`);
     }
   }
   if (jsonPath) {
