@@ -35,10 +35,13 @@ export interface Binding {
   moments(
     x: Float32Array, shape: number[], axes: number[], correction: number,
     outMean: Float32Array, outVariance: Float32Array, backend: BackendCode,
+    /** Optional float64 sufficient statistics: mean and M2 = Σ(x − mean)² per output. */
+    outMean64?: Float64Array | null, outM2?: Float64Array | null,
   ): BackendName;
   momentsAsync(
     x: Float32Array, shape: number[], axes: number[], correction: number,
     outMean: Float32Array, outVariance: Float32Array, backend: BackendCode,
+    outMean64?: Float64Array | null, outM2?: Float64Array | null,
   ): Promise<BackendName>;
 
   /**
@@ -61,6 +64,28 @@ export interface Binding {
     offset: Float32Array | null, offsetShape: number[],
     scale: Float32Array | null, scaleShape: number[],
     epsilon: number, out: Float32Array, outShape: number[], backend: BackendCode,
+  ): Promise<BackendName>;
+
+  /**
+   * Backward pass, reductions: per channel c of dy, x viewed as [A, C, B],
+   * outSumDy[c] = Σ dy and outSumDyXmu[c] = Σ dy·(x − mean[c]), in float64.
+   */
+  channelGradSums(
+    dy: Float32Array, x: Float32Array, A: number, C: number, B: number, mean: Float64Array,
+    outSumDy: Float64Array, outSumDyXmu: Float64Array, backend: BackendCode,
+  ): BackendName;
+  channelGradSumsAsync(
+    dy: Float32Array, x: Float32Array, A: number, C: number, B: number, mean: Float64Array,
+    outSumDy: Float64Array, outSumDyXmu: Float64Array, backend: BackendCode,
+  ): Promise<BackendName>;
+  /** Backward pass, elementwise: dx = g[c]·(dy − a[c] − (x − mean[c])·b[c]) in float64. */
+  channelGradApply(
+    dy: Float32Array, x: Float32Array, A: number, C: number, B: number, mean: Float64Array,
+    g: Float64Array, a: Float64Array, b: Float64Array, dx: Float32Array, backend: BackendCode,
+  ): BackendName;
+  channelGradApplyAsync(
+    dy: Float32Array, x: Float32Array, A: number, C: number, B: number, mean: Float64Array,
+    g: Float64Array, a: Float64Array, b: Float64Array, dx: Float32Array, backend: BackendCode,
   ): Promise<BackendName>;
 
   backends(): NativeBackendInfo[];

@@ -9,3 +9,13 @@ export {
 } from './backend';
 export { BackendError } from './errors';
 export { info, version, type Info } from './info';
+export {
+  sufficientStatistics, mergeMoments, finalizeMoments, fusedBatchNorm, fusedBatchNormAsync,
+  batchNormalizationGrad, batchNormalizationGradAsync, fusedBatchNormGrad, fusedBatchNormGradAsync,
+  type SufficientStatistics, type FusedBatchNormOptions, type FusedBatchNormResult,
+  type BatchNormGradOptions, type BatchNormGrads, type DataFormat,
+} from './training';
+export {
+  BatchNormalization, CONVENTIONS, type Convention, type ConventionSpec,
+  type BatchNormalizationOptions, type BatchNormalizationState,
+} from './layer';

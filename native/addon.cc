@@ -70,6 +70,30 @@ F32 get_f32(const Napi::CallbackInfo& info, size_t i, const char* fn, const char
   return r;
 }
 
+// A Float64Array argument of exactly `length` elements (or null when nullable).
+double* get_f64(const Napi::CallbackInfo& info, size_t i, const char* fn, const char* name, int64_t length,
+                bool nullable, std::vector<Napi::Value>* keep) {
+  Napi::Env env = info.Env();
+  Napi::Value v = info[i];
+  if (nullable && (v.IsNull() || v.IsUndefined())) return nullptr;
+  if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_float64_array)
+    type_error(env, std::string(fn) + ": " + name + " must be a Float64Array");
+  Napi::Float64Array a = v.As<Napi::Float64Array>();
+  if (static_cast<int64_t>(a.ElementLength()) != length)
+    range_error(env, std::string(fn) + ": " + name + " must have " + std::to_string(length) + " elements");
+  if (length > 0 && a.Data() == nullptr)
+    type_error(env, std::string(fn) + ": " + name + " is backed by a detached ArrayBuffer");
+  keep->push_back(v);
+  return a.Data();
+}
+
+int64_t get_count(const Napi::CallbackInfo& info, size_t i, const char* fn, const char* name) {
+  const double d = info[i].IsNumber() ? info[i].As<Napi::Number>().DoubleValue() : -1.0;
+  if (!(d >= 0) || d != std::floor(d) || d > 9007199254740991.0)
+    type_error(info.Env(), std::string(fn) + ": " + name + " must be a non-negative integer");
+  return static_cast<int64_t>(d);
+}
+
 Shape get_shape(const Napi::CallbackInfo& info, size_t i, const char* fn, const char* name) {
   Napi::Env env = info.Env();
   if (!info[i].IsArray()) type_error(env, std::string(fn) + ": " + name + " must be an array of integers");
@@ -159,10 +183,15 @@ MomentsCall parse_moments(const Napi::CallbackInfo& info) {
   c.args.x = x.data;
   c.args.mean = mean.data;
   c.args.variance = var.data;
+  c.keep = {x.value, mean.value, var.value};
+  // Optional float64 sufficient statistics: outMean64, outM2 (both or neither).
+  if (info.Length() > 8 && !info[7].IsNull() && !info[7].IsUndefined()) {
+    c.args.mean64 = get_f64(info, 7, fn, "outMean64", kept, false, &c.keep);
+    c.args.m2_64 = get_f64(info, 8, fn, "outM2", kept, false, &c.keep);
+  }
   std::string why;
   Status s = select_backend(Op::kMoments, get_backend(info, 6), &c.backend, &why);
   if (!s.ok()) throw_status(env, s);
-  c.keep = {x.value, mean.value, var.value};
   return c;
 }
 
@@ -213,6 +242,80 @@ BatchNormCall parse_batch_norm(const Napi::CallbackInfo& info) {
   c.keep.push_back(y.value);
   std::string why;
   Status s = select_backend(Op::kBatchNorm, get_backend(info, 13), &c.backend, &why);
+  if (!s.ok()) throw_status(env, s);
+  return c;
+}
+
+// Backward pass of per-channel batch normalization (two kernels; see cpu_training.cc).
+struct GradSumsCall {
+  ChannelGradArgs args;
+  double* sum_dy = nullptr;
+  double* sum_dy_xmu = nullptr;
+  Backend backend = Backend::kCpu;
+  std::vector<Napi::Value> keep;
+  Status run() const { return run_channel_grad_sums(backend, args, sum_dy, sum_dy_xmu); }
+};
+
+struct GradApplyCall {
+  ChannelGradArgs args;
+  const double *g = nullptr, *a = nullptr, *b = nullptr;
+  float* dx = nullptr;
+  Backend backend = Backend::kCpu;
+  std::vector<Napi::Value> keep;
+  Status run() const { return run_channel_grad_apply(backend, args, g, a, b, dx); }
+};
+
+// Common part: (dy, x, A, C, B, mean64) at argument positions 0..5.
+template <typename Call>
+void parse_channel_grad(const Napi::CallbackInfo& info, const char* fn, Call* c) {
+  Napi::Env env = info.Env();
+  F32 dy = get_f32(info, 0, fn, "dy", false);
+  F32 x = get_f32(info, 1, fn, "x", false);
+  c->args.A = get_count(info, 2, fn, "A");
+  c->args.C = get_count(info, 3, fn, "C");
+  c->args.B = get_count(info, 4, fn, "B");
+  const int64_t A = c->args.A, C = c->args.C, B = c->args.B;
+  if ((C != 0 && A > std::numeric_limits<int64_t>::max() / C) || (C * A != 0 && B > std::numeric_limits<int64_t>::max() / (A * C)))
+    range_error(env, std::string(fn) + ": A·C·B overflows");
+  if (static_cast<int64_t>(dy.length) != A * C * B || static_cast<int64_t>(x.length) != A * C * B)
+    range_error(env, std::string(fn) + ": dy and x must have A·C·B = " + std::to_string(A * C * B) + " elements");
+  c->args.dy = dy.data;
+  c->args.x = x.data;
+  c->keep = {dy.value, x.value};
+  c->args.mean = get_f64(info, 5, fn, "mean", C, false, &c->keep);
+}
+
+// channelGradSums(dy, x, A, C, B, mean64, outSumDy, outSumDyXmu, backend)
+GradSumsCall parse_grad_sums(const Napi::CallbackInfo& info) {
+  const char* fn = "batchNormalizationGrad";
+  if (info.Length() < 9) type_error(info.Env(), "channelGradSums: expected 9 arguments");
+  GradSumsCall c;
+  parse_channel_grad(info, fn, &c);
+  c.sum_dy = get_f64(info, 6, fn, "outSumDy", c.args.C, false, &c.keep);
+  c.sum_dy_xmu = get_f64(info, 7, fn, "outSumDyXmu", c.args.C, false, &c.keep);
+  std::string why;
+  Status s = select_backend(Op::kTraining, get_backend(info, 8), &c.backend, &why);
+  if (!s.ok()) throw_status(info.Env(), s);
+  return c;
+}
+
+// channelGradApply(dy, x, A, C, B, mean64, g, a, b, dx, backend)
+GradApplyCall parse_grad_apply(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const char* fn = "batchNormalizationGrad";
+  if (info.Length() < 11) type_error(env, "channelGradApply: expected 11 arguments");
+  GradApplyCall c;
+  parse_channel_grad(info, fn, &c);
+  c.g = get_f64(info, 6, fn, "g", c.args.C, false, &c.keep);
+  c.a = get_f64(info, 7, fn, "a", c.args.C, false, &c.keep);
+  c.b = get_f64(info, 8, fn, "b", c.args.C, false, &c.keep);
+  F32 dx = get_f32(info, 9, fn, "dx", false);
+  if (static_cast<int64_t>(dx.length) != c.args.A * c.args.C * c.args.B)
+    range_error(env, "batchNormalizationGrad: dx must have A·C·B elements");
+  c.dx = dx.data;
+  c.keep.push_back(dx.value);
+  std::string why;
+  Status s = select_backend(Op::kTraining, get_backend(info, 10), &c.backend, &why);
   if (!s.ok()) throw_status(env, s);
   return c;
 }
@@ -298,6 +401,10 @@ class Addon : public Napi::Addon<Addon> {
         InstanceMethod("momentsAsync", &Addon::MomentsAsync),
         InstanceMethod("batchNormalization", &Addon::BatchNorm),
         InstanceMethod("batchNormalizationAsync", &Addon::BatchNormAsync),
+        InstanceMethod("channelGradSums", &Addon::GradSums),
+        InstanceMethod("channelGradSumsAsync", &Addon::GradSumsAsync),
+        InstanceMethod("channelGradApply", &Addon::GradApply),
+        InstanceMethod("channelGradApplyAsync", &Addon::GradApplyAsync),
         InstanceMethod("backends", &Addon::Backends),
         InstanceMethod("explain", &Addon::Explain),
         InstanceMethod("setNumThreads", &Addon::SetNumThreads),
@@ -327,6 +434,20 @@ class Addon : public Napi::Addon<Addon> {
   }
   Napi::Value BatchNormAsync(const Napi::CallbackInfo& info) {
     return OpWork<BatchNormCall>::Start(info.Env(), parse_batch_norm(info));
+  }
+  template <typename Call>
+  static Napi::Value RunSync(const Napi::CallbackInfo& info, Call c) {
+    Status s = c.run();
+    if (!s.ok()) throw_status(info.Env(), s);
+    return Napi::String::New(info.Env(), backend_name(c.backend));
+  }
+  Napi::Value GradSums(const Napi::CallbackInfo& info) { return RunSync(info, parse_grad_sums(info)); }
+  Napi::Value GradSumsAsync(const Napi::CallbackInfo& info) {
+    return OpWork<GradSumsCall>::Start(info.Env(), parse_grad_sums(info));
+  }
+  Napi::Value GradApply(const Napi::CallbackInfo& info) { return RunSync(info, parse_grad_apply(info)); }
+  Napi::Value GradApplyAsync(const Napi::CallbackInfo& info) {
+    return OpWork<GradApplyCall>::Start(info.Env(), parse_grad_apply(info));
   }
   Napi::Value Backends(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();

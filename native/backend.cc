@@ -50,8 +50,20 @@ std::vector<BackendInfo> backend_infos() {
 }
 
 Status select_backend(Op op, int requested, Backend* chosen, std::string* why) {
-  // Every available backend supports both forward ops; op only names the caller.
-  const char* fn = op == Op::kMoments ? "moments" : "batchNormalization";
+  // Every available backend supports both forward ops; op names the caller.
+  const char* fn = op == Op::kMoments ? "moments" : op == Op::kBatchNorm ? "batchNormalization" : "batchNormalizationGrad";
+  if (op == Op::kTraining) {
+    // The backward kernels exist for the CPU only in this version.
+    if (requested > 0 && unavailable_reason(static_cast<Backend>(requested)).empty())
+      return Status::Error(Code::kUnsupported, std::string(fn) + ": backend '" +
+                                                   backend_name(static_cast<Backend>(requested)) +
+                                                   "' has no training kernels in this version; use 'cpu'");
+    if (requested < 0) {
+      *chosen = Backend::kCpu;
+      *why = "auto: 'cpu' (training kernels run on the CPU in this version)";
+      return Status::Ok();
+    }
+  }
   if (requested >= 0) {
     const Backend b = static_cast<Backend>(requested);
     const std::string r = unavailable_reason(b);
@@ -76,6 +88,19 @@ Status select_backend(Op op, int requested, Backend* chosen, std::string* why) {
   *chosen = Backend::kCpu;
   *why = "auto: 'cpu' (no GPU backend available" + skipped + ")";
   return Status::Ok();
+}
+
+Status run_channel_grad_sums(Backend b, const ChannelGradArgs& p, double* sum_dy, double* sum_dy_xmu) {
+  if (b == Backend::kCpu) return cpu_channel_grad_sums(p, sum_dy, sum_dy_xmu);
+  return Status::Error(Code::kBackendUnavailable, std::string("batchNormalizationGrad: backend '") +
+                                                      backend_name(b) + "' is unavailable: " + unavailable_reason(b));
+}
+
+Status run_channel_grad_apply(Backend b, const ChannelGradArgs& p, const double* g, const double* a,
+                              const double* bb, float* dx) {
+  if (b == Backend::kCpu) return cpu_channel_grad_apply(p, g, a, bb, dx);
+  return Status::Error(Code::kBackendUnavailable, std::string("batchNormalizationGrad: backend '") +
+                                                      backend_name(b) + "' is unavailable: " + unavailable_reason(b));
 }
 
 Status run_moments(Backend b, const MomentsArgs& a) {

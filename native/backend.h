@@ -15,7 +15,7 @@ struct BackendInfo {
 
 std::vector<BackendInfo> backend_infos();
 
-enum class Op { kMoments, kBatchNorm };
+enum class Op { kMoments, kBatchNorm, kTraining };
 
 // requested: -1 = auto, else a Backend value. On success *chosen is the backend and
 // *why says why it was picked (for 'auto') — the `explain` text.
@@ -23,6 +23,9 @@ Status select_backend(Op op, int requested, Backend* chosen, std::string* why);
 
 Status run_moments(Backend b, const MomentsArgs& a);
 Status run_batch_norm(Backend b, const BatchNormArgs& a);
+Status run_channel_grad_sums(Backend b, const ChannelGradArgs& p, double* sum_dy, double* sum_dy_xmu);
+Status run_channel_grad_apply(Backend b, const ChannelGradArgs& p, const double* g, const double* a,
+                              const double* bb, float* dx);
 
 const char* backend_name(Backend b);
 

@@ -402,6 +402,10 @@ void write_result(const MomentsArgs& a, int64_t o, double n, double mean, double
   const double denom = n - a.correction;
   a.mean[o] = static_cast<float>(n > 0 ? mean : nan);
   a.variance[o] = static_cast<float>(n > 0 && denom > 0 ? m2 / denom : nan);
+  if (a.mean64) {
+    a.mean64[o] = n > 0 ? mean : nan;
+    a.m2_64[o] = n > 0 ? m2 : nan;
+  }
 }
 
 // ---- segments: the innermost collapsed group is reduced (NCHW, rows, all-axes) ------

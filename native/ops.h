@@ -26,6 +26,10 @@ struct MomentsArgs {
   double correction = 0;    // variance = M2 / (n - correction)
   float* mean = nullptr;    // prod(kept dims) elements, kept dims in order
   float* variance = nullptr;
+  // Optional float64 sufficient statistics (mean and M2 = Σ(x − mean)²), for exact
+  // merging of shards (Chan); null when not wanted.
+  double* mean64 = nullptr;
+  double* m2_64 = nullptr;
 };
 
 // One operand of batchNormalization: data plus its shape (numpy-broadcast against the
@@ -42,8 +46,22 @@ struct BatchNormArgs {
   Shape out_shape;  // broadcast of all operand shapes
 };
 
+// Per-channel view of the training backward pass: x and dy as [A, C, B] (channel axis
+// in the middle), mean = the per-channel μ used to normalize, in float64.
+struct ChannelGradArgs {
+  const float* dy = nullptr;
+  const float* x = nullptr;
+  int64_t A = 0, C = 0, B = 0;
+  const double* mean = nullptr;
+};
+
 // CPU kernels (native/cpu_*.cc). Multi-threaded, deterministic for any thread count.
 Status cpu_moments(const MomentsArgs& a);
 Status cpu_batch_norm(const BatchNormArgs& a);
+// Σdy and Σdy·(x − μ) per channel (float64).
+Status cpu_channel_grad_sums(const ChannelGradArgs& p, double* sum_dy, double* sum_dy_xmu);
+// dx = g·(dy − a − (x − μ)·b) with per-channel g, a, b (float64).
+Status cpu_channel_grad_apply(const ChannelGradArgs& p, const double* g, const double* a, const double* b,
+                              float* dx);
 
 }  // namespace bn

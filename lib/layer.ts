@@ -1,0 +1,344 @@
+// A batch-normalization layer with explicit training conventions.
+import { batchNormalization } from './ops';
+import { describe, fmtShape, product, type Tensor } from './tensor';
+import { batchNormalizationGrad, fusedBatchNorm } from './training';
+
+export type Convention = 'keras' | 'tf-fused' | 'pytorch' | 'tf-moments-ema';
+
+/**
+ * How running statistics are kept. 'decay': run = run·m + batch·(1 − m) (TF/Keras);
+ * 'factor': run = (1 − m)·run + m·batch (PyTorch, TF's exponential_avg_factor), with
+ * m = null meaning a cumulative average (PyTorch momentum=None). runningVariance says
+ * whether the biased batch variance or the unbiased n/(n−1) one is averaged.
+ * zeroDebias: TF's ExponentialMovingAverage on tensors — averages start at 0 and are
+ * divided by (1 − m^t), as the classic tf.nn.moments + EMA layer does.
+ */
+export interface ConventionSpec {
+  momentumKind: 'decay' | 'factor';
+  momentum: number | null;
+  runningVariance: 'biased' | 'unbiased';
+  epsilon: number;
+  zeroDebias: boolean;
+}
+
+export const CONVENTIONS: Readonly<Record<Convention, Readonly<ConventionSpec>>> = {
+  keras: { momentumKind: 'decay', momentum: 0.99, runningVariance: 'biased', epsilon: 1e-3, zeroDebias: false },
+  // FusedBatchNormV3 as Keras drives it (fused=True): exponential_avg_factor = 1 − 0.99.
+  'tf-fused': { momentumKind: 'factor', momentum: 0.01, runningVariance: 'unbiased', epsilon: 1e-3, zeroDebias: false },
+  pytorch: { momentumKind: 'factor', momentum: 0.1, runningVariance: 'unbiased', epsilon: 1e-5, zeroDebias: false },
+  'tf-moments-ema': { momentumKind: 'decay', momentum: 0.9, runningVariance: 'biased', epsilon: 1e-3, zeroDebias: true },
+};
+
+export interface BatchNormalizationOptions {
+  /** Preset of the conventions below (default 'keras'). */
+  convention?: Convention;
+  /** Channel axis (default -1, or 1 for 'pytorch' — NCHW). */
+  axis?: number;
+  /** Momentum in the preset's momentumKind (decay or factor); null = cumulative average ('factor' only). */
+  momentum?: number | null;
+  momentumKind?: 'decay' | 'factor';
+  runningVariance?: 'biased' | 'unbiased';
+  epsilon?: number;
+  zeroDebias?: boolean;
+  /** Learn an offset beta (default true). */
+  center?: boolean;
+  /** Learn a scale gamma (default true). */
+  scale?: boolean;
+  /** Number of channels; when omitted, set by the first forward. */
+  channels?: number;
+}
+
+/** Plain, JSON-able layer state. */
+export interface BatchNormalizationState {
+  format: 'batchnorm-layer@1';
+  convention: Convention | 'custom';
+  spec: ConventionSpec;
+  axis: number;
+  center: boolean;
+  scale: boolean;
+  channels: number | null;
+  gamma: number[] | null;
+  beta: number[] | null;
+  runningMean: number[] | null;
+  runningVariance: number[] | null;
+  /** Training steps taken (PyTorch's num_batches_tracked; TF EMA's step for zero debias). */
+  steps: number;
+  /** Per-channel count n of the last training batch (for biased ↔ unbiased conversion). */
+  lastBatchCount: number | null;
+  /** zeroDebias accumulators (the biased EMA), when zeroDebias. */
+  emaMean: number[] | null;
+  emaVariance: number[] | null;
+}
+
+interface Cache {
+  x: Tensor;
+  mean: Float32Array;
+  invStd: Float32Array;
+  training: boolean;
+}
+
+function checkSpec(fn: string, s: ConventionSpec): void {
+  if (s.momentumKind !== 'decay' && s.momentumKind !== 'factor') {
+    throw new TypeError(`${fn}: momentumKind must be 'decay' or 'factor', got ${describe(s.momentumKind)}`);
+  }
+  if (s.momentum === null ? s.momentumKind !== 'factor' : !(typeof s.momentum === 'number' && s.momentum >= 0 && s.momentum <= 1)) {
+    throw new RangeError(`${fn}: momentum must be a number in [0, 1] (or null with momentumKind 'factor'), got ${describe(s.momentum)}`);
+  }
+  if (s.runningVariance !== 'biased' && s.runningVariance !== 'unbiased') {
+    throw new TypeError(`${fn}: runningVariance must be 'biased' or 'unbiased', got ${describe(s.runningVariance)}`);
+  }
+  if (typeof s.epsilon !== 'number' || !Number.isFinite(s.epsilon) || s.epsilon < 0) {
+    throw new RangeError(`${fn}: epsilon must be a finite number >= 0, got ${describe(s.epsilon)}`);
+  }
+  if (s.zeroDebias && s.momentumKind !== 'decay') throw new RangeError(`${fn}: zeroDebias needs momentumKind 'decay'`);
+}
+
+/**
+ * Batch normalization over every axis but the channel axis, with learnable gamma/beta
+ * and running statistics kept by an explicit convention.
+ */
+export class BatchNormalization {
+  readonly convention: Convention | 'custom';
+  readonly spec: Readonly<ConventionSpec>;
+  readonly axis: number;
+  readonly center: boolean;
+  readonly scale: boolean;
+  private C: number | null = null;
+  private gamma: Float32Array | null = null;
+  private beta: Float32Array | null = null;
+  private dGamma: Float32Array | null = null;
+  private dBeta: Float32Array | null = null;
+  private runMean: Float32Array | null = null;
+  private runVar: Float32Array | null = null;
+  private emaMean: Float64Array | null = null;
+  private emaVar: Float64Array | null = null;
+  private steps = 0;
+  private lastCount: number | null = null;
+  private cache: Cache | null = null;
+
+  constructor(options: BatchNormalizationOptions = {}) {
+    const fn = 'BatchNormalization';
+    if (options === null || typeof options !== 'object') throw new TypeError(`${fn}: options must be an object, got ${describe(options)}`);
+    const conv = options.convention ?? 'keras';
+    if (!(conv in CONVENTIONS)) {
+      throw new TypeError(`${fn}: convention must be one of ${Object.keys(CONVENTIONS).map((k) => `'${k}'`).join(', ')}, got ${describe(conv)}`);
+    }
+    const preset = CONVENTIONS[conv];
+    const spec: ConventionSpec = {
+      momentumKind: options.momentumKind ?? preset.momentumKind,
+      momentum: options.momentum === undefined ? preset.momentum : options.momentum,
+      runningVariance: options.runningVariance ?? preset.runningVariance,
+      epsilon: options.epsilon ?? preset.epsilon,
+      zeroDebias: options.zeroDebias ?? preset.zeroDebias,
+    };
+    checkSpec(fn, spec);
+    const custom = (Object.keys(spec) as (keyof ConventionSpec)[]).some((k) => spec[k] !== preset[k]);
+    this.convention = custom ? 'custom' : conv;
+    this.spec = Object.freeze(spec);
+    const axis = options.axis ?? (conv === 'pytorch' ? 1 : -1);
+    if (typeof axis !== 'number' || !Number.isInteger(axis)) throw new TypeError(`${fn}: axis must be an integer, got ${describe(axis)}`);
+    this.axis = axis;
+    this.center = options.center ?? true;
+    this.scale = options.scale ?? true;
+    if (typeof this.center !== 'boolean' || typeof this.scale !== 'boolean') throw new TypeError(`${fn}: center and scale must be booleans`);
+    if (options.channels !== undefined) {
+      if (!Number.isInteger(options.channels) || options.channels < 1) throw new RangeError(`${fn}: channels must be a positive integer, got ${describe(options.channels)}`);
+      this.build(options.channels);
+    }
+  }
+
+  private build(C: number): void {
+    this.C = C;
+    this.gamma = this.scale ? new Float32Array(C).fill(1) : null;
+    this.beta = this.center ? new Float32Array(C) : null;
+    this.dGamma = this.scale ? new Float32Array(C) : null;
+    this.dBeta = this.center ? new Float32Array(C) : null;
+    this.runMean = new Float32Array(C);
+    this.runVar = new Float32Array(C).fill(1);
+    if (this.spec.zeroDebias) {
+      this.emaMean = new Float64Array(C);
+      this.emaVar = new Float64Array(C);
+    }
+  }
+
+  private channelAxis(fn: string, x: Tensor): number {
+    const rank = x.shape.length;
+    if (rank < 2) throw new RangeError(`${fn}: x must have rank >= 2, got shape ${fmtShape(x.shape)}`);
+    const ax = this.axis < 0 ? this.axis + rank : this.axis;
+    if (ax < 0 || ax >= rank) throw new RangeError(`${fn}: axis ${this.axis} is out of range for x of shape ${fmtShape(x.shape)}`);
+    const C = x.shape[ax];
+    if (this.C === null) this.build(C);
+    else if (C !== this.C) throw new RangeError(`${fn}: x has ${C} channels on axis ${this.axis}; the layer has ${this.C}`);
+    return ax;
+  }
+
+  /**
+   * Training: normalizes with the batch statistics and updates the running ones.
+   * Inference: normalizes with the running statistics.
+   */
+  forward(x: Tensor, options: { training?: boolean } = {}): Tensor {
+    const fn = 'BatchNormalization.forward';
+    const training = options.training ?? false;
+    if (typeof training !== 'boolean') throw new TypeError(`${fn}: options.training must be a boolean, got ${describe(training)}`);
+    const ax = this.channelAxis(fn, x);
+    const eps = this.spec.epsilon;
+    if (!training) {
+      const ps = x.shape.slice(ax).map((d, i) => (i === 0 ? d : 1));
+      const y = batchNormalization(x, { data: this.runMean!, shape: ps }, { data: this.runVar!, shape: ps },
+        this.beta ? { data: this.beta, shape: ps } : null, this.gamma ? { data: this.gamma, shape: ps } : null, eps);
+      this.cache = { x, mean: this.runMean!.slice(), invStd: Float32Array.from(this.runVar!, (v) => 1 / Math.sqrt(v + eps)), training: false };
+      return y;
+    }
+    const n = product(x.shape) / this.C!;
+    if (n <= 1) {
+      throw new RangeError(`${fn}: training needs more than 1 value per channel, got x of shape ${fmtShape(x.shape)} (as PyTorch)`);
+    }
+    const r = fusedBatchNorm(x, this.gamma, this.beta, { axis: ax, epsilon: eps, isTraining: true });
+    this.updateRunning(r.batchMean.data, this.spec.runningVariance === 'biased' ? r.batchVarianceBiased.data : r.batchVariance.data);
+    this.lastCount = n;
+    this.cache = { x, mean: r.savedMean.data, invStd: r.savedInvStd.data, training: true };
+    return r.y;
+  }
+
+  private updateRunning(mean: Float32Array, variance: Float32Array): void {
+    this.steps++;
+    const s = this.spec;
+    const rm = this.runMean!;
+    const rv = this.runVar!;
+    if (s.zeroDebias) {
+      // TF assign_moving_average(zero_debias=True): biased EMA from 0, divided by 1 − m^t.
+      const m = s.momentum!;
+      const debias = 1 - m ** this.steps;
+      for (let c = 0; c < rm.length; c++) {
+        this.emaMean![c] = this.emaMean![c] * m + mean[c] * (1 - m);
+        this.emaVar![c] = this.emaVar![c] * m + variance[c] * (1 - m);
+        rm[c] = this.emaMean![c] / debias;
+        rv[c] = this.emaVar![c] / debias;
+      }
+      return;
+    }
+    // decay m keeps m of the old value; factor f takes f of the new one.
+    const keep = s.momentumKind === 'decay' ? s.momentum! : 1 - (s.momentum === null ? 1 / this.steps : s.momentum);
+    for (let c = 0; c < rm.length; c++) {
+      rm[c] = rm[c] * keep + mean[c] * (1 - keep);
+      rv[c] = rv[c] * keep + variance[c] * (1 - keep);
+    }
+  }
+
+  /**
+   * Gradient of the last forward: returns dx and adds dgamma/dbeta to gradients().
+   * After a training forward the batch statistics depend on x (training-mode gradient);
+   * after an inference forward they are constants.
+   */
+  backward(dy: Tensor): Tensor {
+    const fn = 'BatchNormalization.backward';
+    const c = this.cache;
+    if (!c) throw new RangeError(`${fn}: no forward pass to differentiate; call forward first`);
+    const g = batchNormalizationGrad(dy, c.x, this.gamma, { mean: c.mean, invStd: c.invStd },
+      { axis: this.axis, isTraining: c.training });
+    if (this.dGamma) for (let i = 0; i < this.C!; i++) this.dGamma[i] += g.dscale.data[i];
+    if (this.dBeta) for (let i = 0; i < this.C!; i++) this.dBeta[i] += g.doffset.data[i];
+    return g.dx;
+  }
+
+  /** The learnable parameters (live arrays: an optimizer may update them in place). */
+  parameters(): { gamma: Float32Array | null; beta: Float32Array | null } {
+    return { gamma: this.gamma, beta: this.beta };
+  }
+
+  /** Accumulated gradients of gamma and beta (live arrays). */
+  gradients(): { gamma: Float32Array | null; beta: Float32Array | null } {
+    return { gamma: this.dGamma, beta: this.dBeta };
+  }
+
+  zeroGrad(): void {
+    this.dGamma?.fill(0);
+    this.dBeta?.fill(0);
+  }
+
+  /** Running statistics (copies). */
+  runningStatistics(): { mean: Float32Array | null; variance: Float32Array | null } {
+    return { mean: this.runMean?.slice() ?? null, variance: this.runVar?.slice() ?? null };
+  }
+
+  state(): BatchNormalizationState {
+    const arr = (a: ArrayLike<number> | null) => (a ? Array.from(a) : null);
+    return {
+      format: 'batchnorm-layer@1', convention: this.convention, spec: { ...this.spec }, axis: this.axis,
+      center: this.center, scale: this.scale, channels: this.C,
+      gamma: arr(this.gamma), beta: arr(this.beta), runningMean: arr(this.runMean), runningVariance: arr(this.runVar),
+      steps: this.steps, lastBatchCount: this.lastCount, emaMean: arr(this.emaMean), emaVariance: arr(this.emaVar),
+    };
+  }
+
+  /** Restores a state() (of this or another process); shapes must match the layer's options. */
+  loadState(state: BatchNormalizationState): void {
+    const fn = 'BatchNormalization.loadState';
+    if (!state || state.format !== 'batchnorm-layer@1') throw new TypeError(`${fn}: not a batchnorm layer state (format 'batchnorm-layer@1')`);
+    for (const k of Object.keys(this.spec) as (keyof ConventionSpec)[]) {
+      if (state.spec?.[k] !== this.spec[k]) {
+        throw new RangeError(`${fn}: state.spec.${k} is ${describe(state.spec?.[k])} but the layer's is ${describe(this.spec[k])}; convert it with BatchNormalization.convertState`);
+      }
+    }
+    if (state.center !== this.center || state.scale !== this.scale || state.axis !== this.axis) {
+      throw new RangeError(`${fn}: state has center/scale/axis ${state.center}/${state.scale}/${state.axis}, the layer ${this.center}/${this.scale}/${this.axis}`);
+    }
+    if (state.channels === null) {
+      this.C = null;
+      this.steps = state.steps;
+      return;
+    }
+    const C = state.channels;
+    const vec = (name: string, a: number[] | null, need: boolean) => {
+      if (!need) return null;
+      if (!Array.isArray(a) || a.length !== C) throw new RangeError(`${fn}: state.${name} must be an array of ${C} numbers`);
+      return a;
+    };
+    const gamma = vec('gamma', state.gamma, this.scale);
+    const beta = vec('beta', state.beta, this.center);
+    const rm = vec('runningMean', state.runningMean, true)!;
+    const rv = vec('runningVariance', state.runningVariance, true)!;
+    const em = vec('emaMean', state.emaMean, this.spec.zeroDebias);
+    const ev = vec('emaVariance', state.emaVariance, this.spec.zeroDebias);
+    this.build(C);
+    if (gamma) this.gamma!.set(gamma);
+    if (beta) this.beta!.set(beta);
+    this.runMean!.set(rm);
+    this.runVar!.set(rv);
+    if (em) this.emaMean!.set(em);
+    if (ev) this.emaVar!.set(ev);
+    this.steps = state.steps;
+    this.lastCount = state.lastBatchCount;
+  }
+
+  /**
+   * Converts a state to another convention: the running variance moves between biased
+   * and unbiased with n/(n − 1), n = the last training batch's per-channel count, and the
+   * spec becomes the target's. Round trips restore the original running variance.
+   */
+  static convertState(state: BatchNormalizationState, to: Convention): BatchNormalizationState {
+    const fn = 'BatchNormalization.convertState';
+    if (!(to in CONVENTIONS)) throw new TypeError(`${fn}: unknown convention ${describe(to)}`);
+    const target = CONVENTIONS[to];
+    const out: BatchNormalizationState = JSON.parse(JSON.stringify(state));
+    out.convention = to;
+    out.spec = { ...target };
+    if (state.runningVariance && state.spec.runningVariance !== target.runningVariance) {
+      const n = state.lastBatchCount;
+      if (!n || n < 2) throw new RangeError(`${fn}: converting between biased and unbiased running variance needs lastBatchCount >= 2, got ${describe(n)}`);
+      const k = target.runningVariance === 'unbiased' ? n / (n - 1) : (n - 1) / n;
+      out.runningVariance = state.runningVariance.map((v) => v * k);
+    }
+    if (target.zeroDebias && !state.spec.zeroDebias) {
+      // Seed the EMA accumulators so that the debiased value equals the running value.
+      const d = 1 - target.momentum! ** Math.max(out.steps, 1);
+      out.steps = Math.max(out.steps, 1);
+      out.emaMean = out.runningMean?.map((v) => v * d) ?? null;
+      out.emaVariance = out.runningVariance?.map((v) => v * d) ?? null;
+    } else if (!target.zeroDebias) {
+      out.emaMean = null;
+      out.emaVariance = null;
+    }
+    return out;
+  }
+}

@@ -1,0 +1,148 @@
+// CPU kernels for the backward pass of per-channel batch normalization.
+//
+// x and dy are viewed as [A, C, B]: A = product of the dims before the channel axis,
+// C = channels, B = product of the dims after it (NHWC: B = 1; NCHW: A = N, B = H·W).
+// The reductions are Σdy and Σdy·(x − μ) per channel, accumulated in float64 with
+// (x − μ) formed first; the work is cut into fixed blocks of A and combined in block
+// order, so results are bit-identical for any thread count (as for moments).
+#include <algorithm>
+#include <new>
+#include <vector>
+
+#include "ops.h"
+#include "simd.h"
+#include "threadpool.h"
+
+namespace bn {
+namespace {
+
+constexpr int64_t kBlockElems = 16384;  // elements per reduction block
+constexpr int kLanes = 8;
+
+// Channels-last rows: s1[c] += dy[c], s2[c] += dy[c]·(x[c] − μ[c]) for `rows` rows of C.
+BN_CLONES void rows_grad_sums(const float* __restrict dy, const float* __restrict x, int64_t rows,
+                              int64_t C, const double* __restrict mu, double* __restrict s1,
+                              double* __restrict s2) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* d = dy + r * C;
+    const float* v = x + r * C;
+    for (int64_t c = 0; c < C; ++c) {
+      const double g = static_cast<double>(d[c]);
+      s1[c] += g;
+      s2[c] += g * (static_cast<double>(v[c]) - mu[c]);
+    }
+  }
+}
+
+// One contiguous run of one channel: lane-wise Σdy and Σdy·(x − μ).
+BN_CLONES void run_grad_sums(const float* __restrict dy, const float* __restrict x, int64_t n, double mu,
+                             double* __restrict a1, double* __restrict a2) {
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes)
+    for (int k = 0; k < kLanes; ++k) {
+      const double g = static_cast<double>(dy[i + k]);
+      a1[k] += g;
+      a2[k] += g * (static_cast<double>(x[i + k]) - mu);
+    }
+  for (int k = 0; i < n; ++i, ++k) {
+    const double g = static_cast<double>(dy[i]);
+    a1[k] += g;
+    a2[k] += g * (static_cast<double>(x[i]) - mu);
+  }
+}
+
+inline double fold_lanes(double* a) {
+  for (int w = kLanes / 2; w >= 1; w >>= 1)
+    for (int k = 0; k < w; ++k) a[k] += a[k + w];
+  return a[0];
+}
+
+// dx = g·(dy − a − (x − μ)·b) per channel, in float64; channels-last rows.
+BN_CLONES void rows_grad_apply(const float* __restrict dy, const float* __restrict x, float* __restrict dx,
+                               int64_t rows, int64_t C, const double* __restrict mu,
+                               const double* __restrict g, const double* __restrict a,
+                               const double* __restrict b) {
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < C; ++c) {
+      const int64_t i = r * C + c;
+      dx[i] = static_cast<float>(
+          g[c] * (static_cast<double>(dy[i]) - a[c] - (static_cast<double>(x[i]) - mu[c]) * b[c]));
+    }
+}
+
+BN_CLONES void run_grad_apply(const float* __restrict dy, const float* __restrict x, float* __restrict dx,
+                              int64_t n, double mu, double g, double a, double b) {
+  for (int64_t i = 0; i < n; ++i)
+    dx[i] = static_cast<float>(g * (static_cast<double>(dy[i]) - a - (static_cast<double>(x[i]) - mu) * b));
+}
+
+}  // namespace
+
+Status cpu_channel_grad_sums(const ChannelGradArgs& p, double* sum_dy, double* sum_dy_xmu) {
+  const int64_t A = p.A, C = p.C, B = p.B;
+  std::fill(sum_dy, sum_dy + C, 0.0);
+  std::fill(sum_dy_xmu, sum_dy_xmu + C, 0.0);
+  if (A * C * B == 0) return Status::Ok();
+  // Blocks of rows of A; each block's partial sums are kept and folded in order.
+  const int64_t per_a = C * B;
+  const int64_t rows = std::max<int64_t>(1, kBlockElems / per_a);
+  const int64_t blocks = (A + rows - 1) / rows;
+  std::vector<double> part;
+  try {
+    part.assign(static_cast<size_t>(blocks * 2 * C), 0.0);
+  } catch (const std::bad_alloc&) {
+    return Status::Error(Code::kOutOfMemory, "batchNormalizationGrad: out of host memory for partial sums");
+  }
+  if (B == 1) {
+    parallel_for(static_cast<size_t>(blocks), [&](size_t k) {
+      const int64_t a0 = static_cast<int64_t>(k) * rows, n = std::min(rows, A - a0);
+      double* s1 = part.data() + k * 2 * static_cast<size_t>(C);
+      rows_grad_sums(p.dy + a0 * C, p.x + a0 * C, n, C, p.mean, s1, s1 + C);
+    });
+  } else {
+    // One task per (block, channel): runs of B contiguous elements.
+    parallel_for(static_cast<size_t>(blocks * C), [&](size_t t) {
+      const int64_t k = static_cast<int64_t>(t) / C, c = static_cast<int64_t>(t) % C;
+      const int64_t a0 = k * rows, n = std::min(rows, A - a0);
+      double a1[kLanes] = {}, a2[kLanes] = {};
+      for (int64_t a = a0; a < a0 + n; ++a) {
+        const int64_t off = (a * C + c) * B;
+        run_grad_sums(p.dy + off, p.x + off, B, p.mean[c], a1, a2);
+      }
+      double* s1 = part.data() + static_cast<size_t>(k) * 2 * static_cast<size_t>(C);
+      s1[c] = fold_lanes(a1);
+      s1[C + c] = fold_lanes(a2);
+    });
+  }
+  for (int64_t k = 0; k < blocks; ++k) {
+    const double* s1 = part.data() + static_cast<size_t>(k) * 2 * static_cast<size_t>(C);
+    for (int64_t c = 0; c < C; ++c) {
+      sum_dy[c] += s1[c];
+      sum_dy_xmu[c] += s1[C + c];
+    }
+  }
+  return Status::Ok();
+}
+
+Status cpu_channel_grad_apply(const ChannelGradArgs& p, const double* g, const double* a, const double* b,
+                              float* dx) {
+  const int64_t A = p.A, C = p.C, B = p.B;
+  if (A * C * B == 0) return Status::Ok();
+  if (B == 1) {
+    const int64_t rows = std::max<int64_t>(1, kBlockElems / C);
+    const int64_t blocks = (A + rows - 1) / rows;
+    parallel_for(static_cast<size_t>(blocks), [&](size_t k) {
+      const int64_t a0 = static_cast<int64_t>(k) * rows, n = std::min(rows, A - a0);
+      rows_grad_apply(p.dy + a0 * C, p.x + a0 * C, dx + a0 * C, n, C, p.mean, g, a, b);
+    });
+  } else {
+    parallel_for(static_cast<size_t>(A * C), [&](size_t t) {
+      const int64_t c = static_cast<int64_t>(t) % C;
+      const int64_t off = static_cast<int64_t>(t) * B;
+      run_grad_apply(p.dy + off, p.x + off, dx + off, B, p.mean[c], g[c], a[c], b[c]);
+    });
+  }
+  return Status::Ok();
+}
+
+}  // namespace bn
