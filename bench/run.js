@@ -104,7 +104,8 @@ async function loadOrt() {
 }
 async function loadTf() {
   try {
-    const tf = require('@tensorflow/tfjs-core');
+    // the union package registers every op's gradient (tf.grads for the training rows)
+    const tf = require('@tensorflow/tfjs');
     require('@tensorflow/tfjs-backend-wasm');
     const warn = console.warn;
     console.warn = () => {};
@@ -223,6 +224,68 @@ async function main() {
       }
     }
   }
+  // ---- training: fused forward (statistics + normalize) and backward ----------------
+  const trainRows = [];
+  for (const w of WORKLOADS) {
+    const n = w.shape.reduce((a, b) => a * b, 1);
+    const bytes = 4 * n;
+    const floors = {
+      forward: bytes / (bw.read * 1e6) + (2 * bytes) / (bw.copy * 1e6), // read x twice, write y
+      backward: bytes / (bw.read * 1e6) + (2 * bytes) / (bw.copy * 1e6), // read x and dy, write dx
+    };
+    const axis = w.axes.length === w.shape.length - 1 && !w.axes.includes(w.shape.length - 1) ? w.shape.length - 1
+      : w.shape.map((_, i) => i).find((i) => !w.axes.includes(i));
+    const x = { data: randn(n, 3), shape: w.shape };
+    const dy = { data: randn(n, 4), shape: w.shape };
+    const C = w.shape[axis];
+    const scale = new Float32Array(C).fill(1.5);
+    const offset = new Float32Array(C).fill(0.5);
+    const y = new Float32Array(n);
+    const dx = new Float32Array(n);
+    const f = bn.fusedBatchNorm(x, scale, offset, { axis });
+    const saved = { mean: f.savedMean, invStd: f.savedInvStd };
+    const res = {};
+    res['batchnorm (out)|forward'] = await time(() => bn.fusedBatchNorm(x, scale, offset, { axis, out: y }));
+    res['batchnorm (out)|backward'] = await time(() => bn.batchNormalizationGrad(dy, x, scale, saved, { axis, out: dx }));
+    res['batchnorm (fresh)|forward'] = await time(() => bn.fusedBatchNorm(x, scale, offset, { axis }));
+    res['batchnorm (fresh)|backward'] = await time(() => bn.batchNormalizationGrad(dy, x, scale, saved, { axis }));
+    if (!tf.error) {
+      const tx = tf.tensor(x.data, w.shape);
+      const tdy = tf.tensor(dy.data, w.shape);
+      const ps = w.shape.map((d, i) => (i === axis ? d : 1));
+      const ts = tf.tensor(scale, ps);
+      const to = tf.tensor(offset, ps);
+      const fwd = (xx, s, o) => {
+        const m = tf.moments(xx, w.axes, true);
+        return tf.add(tf.mul(tf.mul(tf.sub(xx, m.mean), tf.rsqrt(tf.add(m.variance, 1e-3))), s), o);
+      };
+      const grads = tf.grads((xx, s, o) => fwd(xx, s, o));
+      res['TensorFlow.js wasm|forward'] = await time(() => tf.tidy(() => { fwd(tx, ts, to).dataSync(); }), quick ? 3 : 5);
+      res['TensorFlow.js wasm|backward'] = await time(() => tf.tidy(() => { grads([tx, ts, to], tdy)[0].dataSync(); }), quick ? 3 : 5);
+      tf.dispose([tx, tdy, ts, to]);
+    }
+    for (const op of ['forward', 'backward']) {
+      for (const impl of ['batchnorm (out)', 'batchnorm (fresh)', 'TensorFlow.js wasm']) {
+        const ms = res[`${impl}|${op}`];
+        if (ms === undefined) continue;
+        trainRows.push({ workload: w.id, impl, op, ms, floorRatio: ms / floors[op], vsOurs: ms / res[`batchnorm (out)|${op}`] });
+      }
+    }
+  }
+  console.log('\n## Training: fusedBatchNorm (training forward) and batchNormalizationGrad\n');
+  console.log('floor: forward = read x twice + write y; backward = read x and dy + write dx (onnxruntime-node has no training mode).\n');
+  console.log('| workload | implementation | forward ms (× floor) | backward ms (× floor) |');
+  console.log('|---|---|---:|---:|');
+  for (const w of WORKLOADS) {
+    for (const impl of ['batchnorm (out)', 'batchnorm (fresh)', 'TensorFlow.js wasm']) {
+      const cell = (op) => {
+        const r = trainRows.find((q) => q.workload === w.id && q.impl === impl && q.op === op);
+        return r ? `${r.ms.toFixed(2)} (${r.floorRatio.toFixed(2)}×)` : '–';
+      };
+      console.log(`| ${w.id} | ${impl} | ${cell('forward')} | ${cell('backward')} |`);
+    }
+  }
+
   // Summary: ms and × floor per implementation and op, one row per workload.
   console.log('\n## Summary (median ms, × floor in parentheses; lower is better)\n');
   console.log('| workload | implementation | moments | batchNormalization | both |');
@@ -237,7 +300,7 @@ async function main() {
     }
   }
   if (jsonPath) {
-    fs.writeFileSync(jsonPath, JSON.stringify({ machine, bandwidth: bw, rows }, null, 2));
+    fs.writeFileSync(jsonPath, JSON.stringify({ machine, bandwidth: bw, rows, training: trainRows }, null, 2));
     console.log(`\nwrote ${path.resolve(jsonPath)}`);
   }
 }

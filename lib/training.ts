@@ -152,6 +152,8 @@ export interface FusedBatchNormOptions {
   /** Default true. */
   isTraining?: boolean;
   backend?: BackendChoice;
+  /** Write y here instead of a new array (may be x.data: in place). */
+  out?: Float32Array;
 }
 
 export interface FusedBatchNormResult {
@@ -181,6 +183,7 @@ interface FusedPlan {
   runMean: Float32Array | null;
   runVar: Float32Array | null;
   backend: BackendChoice | undefined;
+  out: Float32Array | undefined;
 }
 
 function planFused(fn: string, x: unknown, scale: unknown, offset: unknown, options: unknown): FusedPlan {
@@ -205,7 +208,7 @@ function planFused(fn: string, x: unknown, scale: unknown, offset: unknown, opti
   const runVar = channelVector(fn, 'options.variance', o.variance, view.C, needRunning ? null : 0);
   return {
     x: t, view, scale: channelVector(fn, 'scale', scale, view.C, 1), offset: channelVector(fn, 'offset', offset, view.C, 0),
-    eps, f, training, runMean, runVar, backend: o.backend,
+    eps, f, training, runMean, runVar, backend: o.backend, out: o.out,
   };
 }
 
@@ -267,7 +270,7 @@ export function fusedBatchNorm(
   const ps = p.view.paramShape;
   if (!p.training) {
     const y = batchNormalization(p.x, { data: p.runMean!, shape: ps }, { data: p.runVar!, shape: ps },
-      paramTensor(p, p.offset), paramTensor(p, p.scale), p.eps, { backend: p.backend });
+      paramTensor(p, p.offset), paramTensor(p, p.scale), p.eps, { backend: p.backend, out: p.out });
     return finishFused(p, y, null);
   }
   const C = p.view.C;
@@ -277,7 +280,7 @@ export function fusedBatchNorm(
     backendCode('fusedBatchNorm', p.backend), mean64, m2);
   const s = statsFrom(p, mean64, m2);
   const y = batchNormalization(p.x, { data: s.mean, shape: ps }, { data: s.varBiased, shape: ps },
-    paramTensor(p, p.offset), paramTensor(p, p.scale), p.eps, { backend: p.backend });
+    paramTensor(p, p.offset), paramTensor(p, p.scale), p.eps, { backend: p.backend, out: p.out });
   return finishFused(p, y, s);
 }
 
@@ -292,7 +295,7 @@ export async function fusedBatchNormAsync(
   try {
     if (!p.training) {
       const y = await batchNormalizationAsync(p.x, { data: p.runMean!, shape: ps }, { data: p.runVar!, shape: ps },
-        paramTensor(p, p.offset), paramTensor(p, p.scale), p.eps, { backend: p.backend });
+        paramTensor(p, p.offset), paramTensor(p, p.scale), p.eps, { backend: p.backend, out: p.out });
       return finishFused(p, y, null);
     }
     const C = p.view.C;
@@ -302,7 +305,7 @@ export async function fusedBatchNormAsync(
       backendCode('fusedBatchNormAsync', p.backend), mean64, m2);
     const s = statsFrom(p, mean64, m2);
     const y = await batchNormalizationAsync(p.x, { data: s.mean, shape: ps }, { data: s.varBiased, shape: ps },
-      paramTensor(p, p.offset), paramTensor(p, p.scale), p.eps, { backend: p.backend });
+      paramTensor(p, p.offset), paramTensor(p, p.scale), p.eps, { backend: p.backend, out: p.out });
     return finishFused(p, y, s);
   } catch (e) {
     throw withCallerStack(e, site);
