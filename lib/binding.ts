@@ -5,16 +5,18 @@ import { BackendError } from './errors';
 
 function load(): Binding {
   const root = path.join(__dirname, '..', '..');
+  // BATCHNORM_ADDON_PATH loads a specific build (the sanitizer build in CI, say).
+  const override = process.env.BATCHNORM_ADDON_PATH;
   try {
     // node-gyp-build picks prebuilds/<platform>-<arch>/ or build/Release/.
     // eslint-disable-next-line @typescript-eslint/no-require-imports
-    const b = require('node-gyp-build')(root) as Binding;
+    const b = (override ? require(path.resolve(override)) : require('node-gyp-build')(root)) as Binding;
     b.setBackendErrorClass(BackendError);
     return b;
   } catch (e) {
     const reason = e instanceof Error ? e.message : String(e);
     throw new Error(
-      `batchnorm: could not load the native addon for ${process.platform}-${process.arch} ` +
+      `batchnorm: could not load the native addon${override ? ` ${override} (BATCHNORM_ADDON_PATH)` : ''} for ${process.platform}-${process.arch} ` +
         `(Node ${process.version}, N-API ${process.versions.napi}).\n${reason}\n` +
         'Possible solutions:\n' +
         '- Build it from source: run `npm rebuild batchnorm` (needs cmake and a C++17 compiler; nvcc optional for CUDA).\n' +
