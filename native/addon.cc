@@ -14,6 +14,7 @@
 
 #include "../cuda/cuda_backend.h"
 #include "backend.h"
+#include "device_binding.h"
 #include "hostmem.h"
 #include "ops.h"
 #include "simd.h"
@@ -52,6 +53,8 @@ struct F32 {
   float* data = nullptr;
   size_t length = 0;
   Napi::Value value;
+  bool device = false;         // a DeviceTensor handle (data is a device pointer)
+  std::shared_ptr<void> hold;  // keeps its device block alive during async work
 };
 
 F32 get_f32(const Napi::CallbackInfo& info, size_t i, const char* fn, const char* name, bool nullable) {
@@ -60,6 +63,14 @@ F32 get_f32(const Napi::CallbackInfo& info, size_t i, const char* fn, const char
   F32 r;
   r.value = v;
   if (nullable && (v.IsNull() || v.IsUndefined())) return r;
+  DeviceRef dev;
+  if (get_device_ref(env, v, fn, name, &dev)) {
+    r.data = dev.data;
+    r.length = dev.length;
+    r.device = true;
+    r.hold = std::move(dev.hold);
+    return r;
+  }
   if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_float32_array)
     type_error(env, std::string(fn) + ": " + name + " must be a Float32Array");
   Napi::Float32Array a = v.As<Napi::Float32Array>();
@@ -110,6 +121,7 @@ struct MomentsCall {
   MomentsArgs args;
   Backend backend = Backend::kCpu;
   std::vector<Napi::Value> keep;  // JS values to keep alive during async work
+  std::vector<std::shared_ptr<void>> hold;  // device blocks of DeviceTensor arguments
 
   Status run() const { return run_moments(backend, args); }
 };
@@ -118,6 +130,7 @@ struct BatchNormCall {
   BatchNormArgs args;
   Backend backend = Backend::kCpu;
   std::vector<Napi::Value> keep;
+  std::vector<std::shared_ptr<void>> hold;  // device blocks of DeviceTensor arguments
 
   Status run() const {
     if (backend == Backend::kCpu && args.y != args.x.data)
@@ -159,8 +172,13 @@ MomentsCall parse_moments(const Napi::CallbackInfo& info) {
   c.args.x = x.data;
   c.args.mean = mean.data;
   c.args.variance = var.data;
+  // DeviceTensors: x and both outputs live in GPU memory, or none of them does.
+  if (x.device != mean.device || x.device != var.device)
+    type_error(env, "moments: x, out.mean and out.variance must all be DeviceTensors or all Float32Arrays");
+  c.args.mem = x.device ? Memory::kDevice : Memory::kHost;
+  c.hold = {x.hold, mean.hold, var.hold};
   std::string why;
-  Status s = select_backend(Op::kMoments, get_backend(info, 6), &c.backend, &why);
+  Status s = select_backend(Op::kMoments, get_backend(info, 6), &c.backend, &why, c.args.mem);
   if (!s.ok()) throw_status(env, s);
   c.keep = {x.value, mean.value, var.value};
   return c;
@@ -195,6 +213,8 @@ BatchNormCall parse_batch_norm(const Napi::CallbackInfo& info) {
       range_error(env, std::string(fn) + ": " + names[k] + " is empty");
     ops[k]->data = a.data;
     ops[k]->shape = std::move(s);
+    ops[k]->mem = a.device ? Memory::kDevice : Memory::kHost;
+    if (a.device) c.hold.push_back(a.hold);
     c.keep.push_back(a.value);
   }
   if (!c.args.mean.data && numel(out) > 0) type_error(env, "batchNormalization: mean must be a Float32Array");
@@ -211,8 +231,16 @@ BatchNormCall parse_batch_norm(const Napi::CallbackInfo& info) {
     range_error(env, "batchNormalization: out may alias x only when x has the output's shape");
   c.args.y = y.data;
   c.keep.push_back(y.value);
+  // DeviceTensors: y lives where x does; parameters may be on either side.
+  if (y.device != (c.args.x.mem == Memory::kDevice))
+    type_error(env, "batchNormalization: out must be a DeviceTensor exactly when x is one");
+  c.args.mem = y.device ? Memory::kDevice : Memory::kHost;
+  if (y.device) c.hold.push_back(y.hold);
+  bool any_device = false;
+  for (size_t k = 0; k < 5; ++k) any_device = any_device || ops[k]->mem == Memory::kDevice;
   std::string why;
-  Status s = select_backend(Op::kBatchNorm, get_backend(info, 13), &c.backend, &why);
+  Status s = select_backend(Op::kBatchNorm, get_backend(info, 13), &c.backend, &why,
+                            any_device ? Memory::kDevice : Memory::kHost);
   if (!s.ok()) throw_status(env, s);
   return c;
 }
@@ -252,6 +280,8 @@ class OpWork {
   static void Execute(napi_env, void* data) {
     auto* w = static_cast<OpWork*>(data);
     w->status_ = w->call_.run();
+    // GPU work is only queued by run(); the promise settles when it has finished.
+    if (w->status_.ok() && w->call_.backend == Backend::kCuda) w->status_ = cuda::synchronize("async op");
   }
 
   static void Complete(napi_env env, napi_status status, void* data) {
@@ -307,6 +337,7 @@ class Addon : public Napi::Addon<Addon> {
         InstanceMethod("memoryBandwidth", &Addon::MemoryBandwidth),
         InstanceMethod("setBackendErrorClass", &Addon::SetBackendErrorClass),
     });
+    register_device_functions(env, exports);
   }
 
  private:
@@ -349,7 +380,8 @@ class Addon : public Napi::Addon<Addon> {
       type_error(env, "explain: op must be 'moments' or 'batchNormalization'");
     Backend b;
     std::string why;
-    Status s = select_backend(op == "moments" ? Op::kMoments : Op::kBatchNorm, get_backend(info, 1), &b, &why);
+    const Memory data = info.Length() > 2 && info[2].ToBoolean() ? Memory::kDevice : Memory::kHost;  // onDevice
+    Status s = select_backend(op == "moments" ? Op::kMoments : Op::kBatchNorm, get_backend(info, 1), &b, &why, data);
     if (!s.ok()) throw_status(env, s);
     Napi::Object o = Napi::Object::New(env);
     o.Set("backend", backend_name(b));
@@ -411,6 +443,9 @@ Napi::FunctionReference* backend_error_class(Napi::Env env) {
 }
 
 }  // namespace
+
+Napi::Value status_error(Napi::Env env, const Status& s) { return make_error(env, s); }
+
 }  // namespace bn
 
 using BatchnormAddon = bn::Addon;

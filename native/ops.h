@@ -19,6 +19,9 @@ inline int64_t numel(const Shape& s) {
 
 enum class Backend { kCpu = 0, kCuda = 1, kCudnn = 2 };
 
+// Where a buffer lives: host memory (a Float32Array) or device memory (a DeviceTensor).
+enum class Memory { kHost = 0, kDevice = 1 };
+
 struct MomentsArgs {
   const float* x = nullptr;
   Shape shape;              // shape of x
@@ -26,6 +29,7 @@ struct MomentsArgs {
   double correction = 0;    // variance = M2 / (n - correction)
   float* mean = nullptr;    // prod(kept dims) elements, kept dims in order
   float* variance = nullptr;
+  Memory mem = Memory::kHost;  // location of x, mean and variance (always the same)
 };
 
 // One operand of batchNormalization: data plus its shape (numpy-broadcast against the
@@ -33,6 +37,7 @@ struct MomentsArgs {
 struct Operand {
   const float* data = nullptr;
   Shape shape;
+  Memory mem = Memory::kHost;
 };
 
 struct BatchNormArgs {
@@ -40,6 +45,7 @@ struct BatchNormArgs {
   double epsilon = 0;
   float* y = nullptr;
   Shape out_shape;  // broadcast of all operand shapes
+  Memory mem = Memory::kHost;  // location of y (always that of x)
 };
 
 // CPU kernels (native/cpu_*.cc). Multi-threaded, deterministic for any thread count.
