@@ -9,3 +9,6 @@ export {
 } from './backend';
 export { BackendError } from './errors';
 export { info, version, type Info } from './info';
+export {
+  DeviceTensor, memoryInfo, emptyCache, deviceTimeOp, type DeviceMoments, type DeviceMemoryInfo,
+} from './device';
