@@ -33,14 +33,14 @@ export interface Binding {
    * Returns the backend that ran.
    */
   moments(
-    x: Float32Array, shape: number[], axes: number[], correction: number,
-    outMean: Float32Array, outVariance: Float32Array, backend: BackendCode,
-    /** Optional float64 sufficient statistics: mean and M2 = Σ(x − mean)² per output. */
+    x: F32OrDevice, shape: number[], axes: number[], correction: number,
+    outMean: F32OrDevice, outVariance: F32OrDevice, backend: BackendCode,
+    /** Optional float64 sufficient statistics (host data, cpu backend): mean and M2 = Σ(x − mean)² per output. */
     outMean64?: Float64Array | null, outM2?: Float64Array | null,
   ): BackendName;
   momentsAsync(
-    x: Float32Array, shape: number[], axes: number[], correction: number,
-    outMean: Float32Array, outVariance: Float32Array, backend: BackendCode,
+    x: F32OrDevice, shape: number[], axes: number[], correction: number,
+    outMean: F32OrDevice, outVariance: F32OrDevice, backend: BackendCode,
     outMean64?: Float64Array | null, outM2?: Float64Array | null,
   ): Promise<BackendName>;
 
@@ -50,20 +50,20 @@ export interface Binding {
    * x has outShape. Returns the backend that ran.
    */
   batchNormalization(
-    x: Float32Array, xShape: number[],
-    mean: Float32Array, meanShape: number[],
-    variance: Float32Array, varianceShape: number[],
-    offset: Float32Array | null, offsetShape: number[],
-    scale: Float32Array | null, scaleShape: number[],
-    epsilon: number, out: Float32Array, outShape: number[], backend: BackendCode,
+    x: F32OrDevice, xShape: number[],
+    mean: F32OrDevice, meanShape: number[],
+    variance: F32OrDevice, varianceShape: number[],
+    offset: F32OrDevice | null, offsetShape: number[],
+    scale: F32OrDevice | null, scaleShape: number[],
+    epsilon: number, out: F32OrDevice, outShape: number[], backend: BackendCode,
   ): BackendName;
   batchNormalizationAsync(
-    x: Float32Array, xShape: number[],
-    mean: Float32Array, meanShape: number[],
-    variance: Float32Array, varianceShape: number[],
-    offset: Float32Array | null, offsetShape: number[],
-    scale: Float32Array | null, scaleShape: number[],
-    epsilon: number, out: Float32Array, outShape: number[], backend: BackendCode,
+    x: F32OrDevice, xShape: number[],
+    mean: F32OrDevice, meanShape: number[],
+    variance: F32OrDevice, varianceShape: number[],
+    offset: F32OrDevice | null, offsetShape: number[],
+    scale: F32OrDevice | null, scaleShape: number[],
+    epsilon: number, out: F32OrDevice, outShape: number[], backend: BackendCode,
   ): Promise<BackendName>;
 
   /**
@@ -90,7 +90,7 @@ export interface Binding {
 
   backends(): NativeBackendInfo[];
   /** Which backend a call of `op` would use and why; throws BackendError when the requested one is unavailable. */
-  explain(op: 'moments' | 'batchNormalization', backend: BackendCode): { backend: BackendName; reason: string };
+  explain(op: 'moments' | 'batchNormalization', backend: BackendCode, onDevice?: boolean): { backend: BackendName; reason: string };
   setNumThreads(n: number): void;
   numThreads(): number;
   /** Instruction-set level the CPU kernels run with, e.g. "x86-64-v4 (AVX-512)". */
@@ -100,4 +100,34 @@ export interface Binding {
   memoryBandwidth(bytes: number, reps: number): { copy: number; read: number };
   /** Registers lib's BackendError class; native errors are constructed as new cls(message, code). */
   setBackendErrorClass(cls: new (message: string, code: string) => Error): void;
+
+  // ---- DeviceTensor handles (native/device_binding.cc) ----
+  /** Copies data into new device memory. Throws BackendError when CUDA is unavailable (except for 0 elements). */
+  deviceUpload(data: Float32Array): DeviceHandle;
+  /** Uninitialized device memory for `length` floats. */
+  deviceAlloc(length: number): DeviceHandle;
+  /** Waits for queued GPU work, then copies the whole tensor into out (same length). */
+  deviceDownload(handle: DeviceHandle, out: Float32Array): void;
+  deviceDownloadAsync(handle: DeviceHandle, out: Float32Array): Promise<void>;
+  /** Returns the memory to the caching allocator (idempotent; in-flight async ops keep it until they finish). */
+  deviceDispose(handle: DeviceHandle): void;
+  deviceMemoryInfo(): NativeDeviceMemoryInfo;
+  /** cudaFree of every cached (free) block. */
+  deviceEmptyCache(): void;
+  deviceSynchronize(): void;
+  /** Benchmark helper: per-run milliseconds from CUDA events, after `warmup` untimed runs. */
+  deviceTimeOp(op: 'moments' | 'batchNormalization' | 'copy' | 'read', spec: object, warmup: number, reps: number): number[];
+}
+
+/** An opaque native handle to device memory (a Napi::External). */
+export interface DeviceHandle { readonly __brand: 'DeviceHandle' }
+export type F32OrDevice = Float32Array | DeviceHandle;
+
+export interface NativeDeviceMemoryInfo {
+  allocatedBytes: number;
+  cachedBytes: number;
+  reservedBytes: number;
+  peakAllocatedBytes: number;
+  cudaMallocCalls: number;
+  cacheHits: number;
 }

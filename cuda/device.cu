@@ -49,6 +49,7 @@ DeviceInfo probe() {
   info.cc_major = prop.major;
   info.cc_minor = prop.minor;
   info.total_memory_bytes = static_cast<double>(prop.totalGlobalMem);
+  info.multiprocessors = prop.multiProcessorCount;
   info.available = true;
   return info;
 }

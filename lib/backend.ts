@@ -40,15 +40,17 @@ export function getBackend(): BackendChoice {
 }
 
 /**
- * Which backend a call would run on and why, e.g.
+ * Which backend a call would run on and why (for host inputs, or DeviceTensor inputs
+ * with `onDevice: true`), e.g.
  * `{backend: 'cpu', reason: "auto: 'cpu' (no GPU backend available; cudnn: ...)"}`.
  * Throws BackendError (ERR_BACKEND_UNAVAILABLE) for an unavailable named backend.
  */
 export function explain(
   op: 'moments' | 'batchNormalization',
-  options: { backend?: BackendChoice } = {},
+  options: { backend?: BackendChoice; onDevice?: boolean } = {},
 ): { backend: BackendName; reason: string } {
-  return native.explain(op, backendCode('explain', options.backend));
+  // onDevice: the inputs would be DeviceTensors ('auto' runs where the data lives).
+  return native.explain(op, backendCode('explain', options.backend), options.onDevice === true);
 }
 
 /** Threads the CPU backend uses per call (default: BATCHNORM_NUM_THREADS or the core count). */

@@ -19,3 +19,6 @@ export {
   BatchNormalization, CONVENTIONS, type Convention, type ConventionSpec,
   type BatchNormalizationOptions, type BatchNormalizationState,
 } from './layer';
+export {
+  DeviceTensor, memoryInfo, emptyCache, deviceTimeOp, type DeviceMoments, type DeviceMemoryInfo,
+} from './device';

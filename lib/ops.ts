@@ -4,6 +4,10 @@ import { native } from './binding';
 import { backendCode, type BackendChoice } from './backend';
 import { withCallerStack } from './errors';
 import {
+  DeviceTensor, deviceBatchNorm, deviceBatchNormAsync, deviceMoments, deviceMomentsAsync, rejectDeviceParams,
+  type DeviceMoments,
+} from './device';
+import {
   broadcastShapes, checkOut, checkParam, checkTensor, describe, fmtShape, normalizeAxes,
   overlaps, product, sameMemory, type ParamLike, type Tensor,
 } from './tensor';
@@ -95,14 +99,22 @@ function planMoments(fn: string, x: unknown, axes: unknown, options: unknown): M
  * Mean and variance of x over `axes` (all axes when omitted), as tf.nn.moments: population
  * variance unless options.correction says otherwise. Negative axes count from the end.
  */
-export function moments(x: Tensor, axes?: number | number[], options?: MomentsOptions): Moments {
+export function moments(x: DeviceTensor, axes?: number | number[], options?: MomentsOptions): DeviceMoments;
+export function moments(x: Tensor, axes?: number | number[], options?: MomentsOptions): Moments;
+export function moments(x: Tensor | DeviceTensor, axes?: number | number[], options?: MomentsOptions): Moments | DeviceMoments {
+  if (x instanceof DeviceTensor) return deviceMoments('moments', x, axes, options);  // stays on the GPU
   const p = planMoments('moments', x, axes, options);
   native.moments(p.x, p.shape, p.axes, p.correction, p.mean, p.variance, p.backend);
   return { mean: { data: p.mean, shape: p.outShape }, variance: { data: p.variance, shape: p.outShape.slice() } };
 }
 
 /** moments computed off the JS thread. x must not be modified until the promise settles. */
-export async function momentsAsync(x: Tensor, axes?: number | number[], options?: MomentsOptions): Promise<Moments> {
+export async function momentsAsync(x: DeviceTensor, axes?: number | number[], options?: MomentsOptions): Promise<DeviceMoments>;
+export async function momentsAsync(x: Tensor, axes?: number | number[], options?: MomentsOptions): Promise<Moments>;
+export async function momentsAsync(
+  x: Tensor | DeviceTensor, axes?: number | number[], options?: MomentsOptions,
+): Promise<Moments | DeviceMoments> {
+  if (x instanceof DeviceTensor) return deviceMomentsAsync('momentsAsync', x, axes, options);
   const site = new Error();
   const p = planMoments('momentsAsync', x, axes, options);
   try {
@@ -175,9 +187,23 @@ function planBatchNorm(
  * offset/scale null = 0 / 1). The output shape is the broadcast of all five shapes.
  */
 export function batchNormalization(
+  x: DeviceTensor, mean: ParamLike | DeviceTensor, variance: ParamLike | DeviceTensor,
+  offset: ParamLike | DeviceTensor | null | undefined, scale: ParamLike | DeviceTensor | null | undefined,
+  varianceEpsilon: number, options?: BatchNormOptions,
+): DeviceTensor;
+export function batchNormalization(
   x: Tensor, mean: ParamLike, variance: ParamLike, offset: ParamLike | null | undefined,
   scale: ParamLike | null | undefined, varianceEpsilon: number, options?: BatchNormOptions,
-): Tensor {
+): Tensor;
+export function batchNormalization(
+  x: Tensor | DeviceTensor, mean: ParamLike | DeviceTensor, variance: ParamLike | DeviceTensor,
+  offset: ParamLike | DeviceTensor | null | undefined, scale: ParamLike | DeviceTensor | null | undefined,
+  varianceEpsilon: number, options?: BatchNormOptions,
+): Tensor | DeviceTensor {
+  if (x instanceof DeviceTensor) {
+    return deviceBatchNorm('batchNormalization', x, mean, variance, offset, scale, varianceEpsilon, options);
+  }
+  rejectDeviceParams('batchNormalization', { mean, variance, offset, scale });
   const p = planBatchNorm('batchNormalization', x, mean, variance, offset, scale, varianceEpsilon, options);
   native.batchNormalization(...p.args);
   return { data: p.out, shape: p.outShape };
@@ -185,9 +211,23 @@ export function batchNormalization(
 
 /** batchNormalization computed off the JS thread. Inputs must not be modified until it settles. */
 export async function batchNormalizationAsync(
+  x: DeviceTensor, mean: ParamLike | DeviceTensor, variance: ParamLike | DeviceTensor,
+  offset: ParamLike | DeviceTensor | null | undefined, scale: ParamLike | DeviceTensor | null | undefined,
+  varianceEpsilon: number, options?: BatchNormOptions,
+): Promise<DeviceTensor>;
+export async function batchNormalizationAsync(
   x: Tensor, mean: ParamLike, variance: ParamLike, offset: ParamLike | null | undefined,
   scale: ParamLike | null | undefined, varianceEpsilon: number, options?: BatchNormOptions,
-): Promise<Tensor> {
+): Promise<Tensor>;
+export async function batchNormalizationAsync(
+  x: Tensor | DeviceTensor, mean: ParamLike | DeviceTensor, variance: ParamLike | DeviceTensor,
+  offset: ParamLike | DeviceTensor | null | undefined, scale: ParamLike | DeviceTensor | null | undefined,
+  varianceEpsilon: number, options?: BatchNormOptions,
+): Promise<Tensor | DeviceTensor> {
+  if (x instanceof DeviceTensor) {
+    return deviceBatchNormAsync('batchNormalizationAsync', x, mean, variance, offset, scale, varianceEpsilon, options);
+  }
+  rejectDeviceParams('batchNormalizationAsync', { mean, variance, offset, scale });
   const site = new Error();
   const p = planBatchNorm('batchNormalizationAsync', x, mean, variance, offset, scale, varianceEpsilon, options);
   try {

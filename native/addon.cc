@@ -14,6 +14,7 @@
 
 #include "../cuda/cuda_backend.h"
 #include "backend.h"
+#include "device_binding.h"
 #include "hostmem.h"
 #include "ops.h"
 #include "simd.h"
@@ -52,6 +53,8 @@ struct F32 {
   float* data = nullptr;
   size_t length = 0;
   Napi::Value value;
+  bool device = false;         // a DeviceTensor handle (data is a device pointer)
+  std::shared_ptr<void> hold;  // keeps its device block alive during async work
 };
 
 F32 get_f32(const Napi::CallbackInfo& info, size_t i, const char* fn, const char* name, bool nullable) {
@@ -60,6 +63,14 @@ F32 get_f32(const Napi::CallbackInfo& info, size_t i, const char* fn, const char
   F32 r;
   r.value = v;
   if (nullable && (v.IsNull() || v.IsUndefined())) return r;
+  DeviceRef dev;
+  if (get_device_ref(env, v, fn, name, &dev)) {
+    r.data = dev.data;
+    r.length = dev.length;
+    r.device = true;
+    r.hold = std::move(dev.hold);
+    return r;
+  }
   if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_float32_array)
     type_error(env, std::string(fn) + ": " + name + " must be a Float32Array");
   Napi::Float32Array a = v.As<Napi::Float32Array>();
@@ -134,6 +145,7 @@ struct MomentsCall {
   MomentsArgs args;
   Backend backend = Backend::kCpu;
   std::vector<Napi::Value> keep;  // JS values to keep alive during async work
+  std::vector<std::shared_ptr<void>> hold;  // device blocks of DeviceTensor arguments
 
   Status run() const { return run_moments(backend, args); }
 };
@@ -142,6 +154,7 @@ struct BatchNormCall {
   BatchNormArgs args;
   Backend backend = Backend::kCpu;
   std::vector<Napi::Value> keep;
+  std::vector<std::shared_ptr<void>> hold;  // device blocks of DeviceTensor arguments
 
   Status run() const {
     if (backend == Backend::kCpu && args.y != args.x.data)
@@ -183,14 +196,19 @@ MomentsCall parse_moments(const Napi::CallbackInfo& info) {
   c.args.x = x.data;
   c.args.mean = mean.data;
   c.args.variance = var.data;
+  // DeviceTensors: x and both outputs live in GPU memory, or none of them does.
+  if (x.device != mean.device || x.device != var.device)
+    type_error(env, "moments: x, out.mean and out.variance must all be DeviceTensors or all Float32Arrays");
+  c.args.mem = x.device ? Memory::kDevice : Memory::kHost;
+  c.hold = {x.hold, mean.hold, var.hold};
   c.keep = {x.value, mean.value, var.value};
-  // Optional float64 sufficient statistics: outMean64, outM2 (both or neither).
+  // Optional float64 sufficient statistics: outMean64, outM2 (both or neither; host only).
   if (info.Length() > 8 && !info[7].IsNull() && !info[7].IsUndefined()) {
     c.args.mean64 = get_f64(info, 7, fn, "outMean64", kept, false, &c.keep);
     c.args.m2_64 = get_f64(info, 8, fn, "outM2", kept, false, &c.keep);
   }
   std::string why;
-  Status s = select_backend(Op::kMoments, get_backend(info, 6), &c.backend, &why);
+  Status s = select_backend(Op::kMoments, get_backend(info, 6), &c.backend, &why, c.args.mem);
   if (!s.ok()) throw_status(env, s);
   return c;
 }
@@ -224,6 +242,8 @@ BatchNormCall parse_batch_norm(const Napi::CallbackInfo& info) {
       range_error(env, std::string(fn) + ": " + names[k] + " is empty");
     ops[k]->data = a.data;
     ops[k]->shape = std::move(s);
+    ops[k]->mem = a.device ? Memory::kDevice : Memory::kHost;
+    if (a.device) c.hold.push_back(a.hold);
     c.keep.push_back(a.value);
   }
   if (!c.args.mean.data && numel(out) > 0) type_error(env, "batchNormalization: mean must be a Float32Array");
@@ -240,8 +260,16 @@ BatchNormCall parse_batch_norm(const Napi::CallbackInfo& info) {
     range_error(env, "batchNormalization: out may alias x only when x has the output's shape");
   c.args.y = y.data;
   c.keep.push_back(y.value);
+  // DeviceTensors: y lives where x does; parameters may be on either side.
+  if (y.device != (c.args.x.mem == Memory::kDevice))
+    type_error(env, "batchNormalization: out must be a DeviceTensor exactly when x is one");
+  c.args.mem = y.device ? Memory::kDevice : Memory::kHost;
+  if (y.device) c.hold.push_back(y.hold);
+  bool any_device = false;
+  for (size_t k = 0; k < 5; ++k) any_device = any_device || ops[k]->mem == Memory::kDevice;
   std::string why;
-  Status s = select_backend(Op::kBatchNorm, get_backend(info, 13), &c.backend, &why);
+  Status s = select_backend(Op::kBatchNorm, get_backend(info, 13), &c.backend, &why,
+                            any_device ? Memory::kDevice : Memory::kHost);
   if (!s.ok()) throw_status(env, s);
   return c;
 }
@@ -279,6 +307,8 @@ void parse_channel_grad(const Napi::CallbackInfo& info, const char* fn, Call* c)
     range_error(env, std::string(fn) + ": A·C·B overflows");
   if (static_cast<int64_t>(dy.length) != A * C * B || static_cast<int64_t>(x.length) != A * C * B)
     range_error(env, std::string(fn) + ": dy and x must have A·C·B = " + std::to_string(A * C * B) + " elements");
+  if (dy.device || x.device)
+    type_error(env, std::string(fn) + ": DeviceTensor inputs are not supported by the training kernels in this version");
   c->args.dy = dy.data;
   c->args.x = x.data;
   c->keep = {dy.value, x.value};
@@ -310,6 +340,7 @@ GradApplyCall parse_grad_apply(const Napi::CallbackInfo& info) {
   c.a = get_f64(info, 7, fn, "a", c.args.C, false, &c.keep);
   c.b = get_f64(info, 8, fn, "b", c.args.C, false, &c.keep);
   F32 dx = get_f32(info, 9, fn, "dx", false);
+  if (dx.device) type_error(env, std::string(fn) + ": dx must be a Float32Array");
   if (static_cast<int64_t>(dx.length) != c.args.A * c.args.C * c.args.B)
     range_error(env, "batchNormalizationGrad: dx must have A·C·B elements");
   c.dx = dx.data;
@@ -355,6 +386,8 @@ class OpWork {
   static void Execute(napi_env, void* data) {
     auto* w = static_cast<OpWork*>(data);
     w->status_ = w->call_.run();
+    // GPU work is only queued by run(); the promise settles when it has finished.
+    if (w->status_.ok() && w->call_.backend == Backend::kCuda) w->status_ = cuda::synchronize("async op");
   }
 
   static void Complete(napi_env env, napi_status status, void* data) {
@@ -414,6 +447,7 @@ class Addon : public Napi::Addon<Addon> {
         InstanceMethod("memoryBandwidth", &Addon::MemoryBandwidth),
         InstanceMethod("setBackendErrorClass", &Addon::SetBackendErrorClass),
     });
+    register_device_functions(env, exports);
   }
 
  private:
@@ -470,7 +504,8 @@ class Addon : public Napi::Addon<Addon> {
       type_error(env, "explain: op must be 'moments' or 'batchNormalization'");
     Backend b;
     std::string why;
-    Status s = select_backend(op == "moments" ? Op::kMoments : Op::kBatchNorm, get_backend(info, 1), &b, &why);
+    const Memory data = info.Length() > 2 && info[2].ToBoolean() ? Memory::kDevice : Memory::kHost;  // onDevice
+    Status s = select_backend(op == "moments" ? Op::kMoments : Op::kBatchNorm, get_backend(info, 1), &b, &why, data);
     if (!s.ok()) throw_status(env, s);
     Napi::Object o = Napi::Object::New(env);
     o.Set("backend", backend_name(b));
@@ -532,6 +567,9 @@ Napi::FunctionReference* backend_error_class(Napi::Env env) {
 }
 
 }  // namespace
+
+Napi::Value status_error(Napi::Env env, const Status& s) { return make_error(env, s); }
+
 }  // namespace bn
 
 using BatchnormAddon = bn::Addon;

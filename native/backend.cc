@@ -18,9 +18,7 @@ namespace {
 // Why a GPU backend cannot run anything in this process, or "" when it can.
 std::string cuda_unavailable_reason() {
   const cuda::DeviceInfo& d = cuda::device_info();
-  if (!d.available) return d.reason;
-  // Device discovery works, but this version ships no CUDA kernels yet.
-  return "CUDA device " + d.name + " found, but this version of batchnorm has no CUDA kernels";
+  return d.available ? "" : d.reason;
 }
 
 std::string cudnn_unavailable_reason() {
@@ -49,7 +47,7 @@ std::vector<BackendInfo> backend_infos() {
   return v;
 }
 
-Status select_backend(Op op, int requested, Backend* chosen, std::string* why) {
+Status select_backend(Op op, int requested, Backend* chosen, std::string* why, Memory data) {
   // Every available backend supports both forward ops; op names the caller.
   const char* fn = op == Op::kMoments ? "moments" : op == Op::kBatchNorm ? "batchNormalization" : "batchNormalizationGrad";
   if (op == Op::kTraining) {
@@ -70,23 +68,33 @@ Status select_backend(Op op, int requested, Backend* chosen, std::string* why) {
     if (!r.empty())
       return Status::Error(Code::kBackendUnavailable, std::string(fn) + ": backend '" + backend_name(b) +
                                                           "' is unavailable: " + r);
+    // The CPU cannot read GPU memory; a silent download would hide a PCIe round trip.
+    if (b == Backend::kCpu && data == Memory::kDevice)
+      return Status::Error(Code::kUnsupported, std::string(fn) +
+                                                   ": backend 'cpu' cannot read DeviceTensor inputs; "
+                                                   "download() them first or use backend 'cuda'");
     *chosen = b;
     *why = std::string("requested '") + backend_name(b) + "'";
     return Status::Ok();
   }
-  // 'auto': the first available of cudnn, cuda, cpu; each skip says why.
-  std::string skipped;
-  for (Backend b : {Backend::kCudnn, Backend::kCuda}) {
-    const std::string r = unavailable_reason(b);
-    if (r.empty()) {
-      *chosen = b;
-      *why = std::string("auto: '") + backend_name(b) + "' is available";
-      return Status::Ok();
-    }
-    skipped += std::string("; ") + backend_name(b) + ": " + r;
+  // 'auto' runs where the data lives: these ops are memory-bound, so a GPU pays only
+  // when the data is already there, and host data gains nothing from a PCIe round trip.
+  const std::string cuda = unavailable_reason(Backend::kCuda);
+  const std::string cudnn = unavailable_reason(Backend::kCudnn);
+  if (data == Memory::kDevice) {
+    if (!cuda.empty())
+      return Status::Error(Code::kBackendUnavailable, std::string(fn) +
+                                                          ": inputs are DeviceTensors but backend 'cuda' is unavailable: " +
+                                                          cuda);
+    *chosen = Backend::kCuda;
+    *why = "auto: 'cuda' (inputs are DeviceTensors in GPU memory; cudnn: " + cudnn + ")";
+    return Status::Ok();
   }
   *chosen = Backend::kCpu;
-  *why = "auto: 'cpu' (no GPU backend available" + skipped + ")";
+  *why = std::string("auto: 'cpu' (inputs are host Float32Arrays: memory-bound ops gain nothing from a PCIe "
+                     "round trip; cuda: ") +
+         (cuda.empty() ? "available, used for DeviceTensor inputs or backend 'cuda'" : cuda) +
+         "; cudnn: " + cudnn + ")";
   return Status::Ok();
 }
 
@@ -104,13 +112,21 @@ Status run_channel_grad_apply(Backend b, const ChannelGradArgs& p, const double*
 }
 
 Status run_moments(Backend b, const MomentsArgs& a) {
-  if (b == Backend::kCpu) return cpu_moments(a);
+  if (b == Backend::kCpu && a.mem == Memory::kHost) return cpu_moments(a);
+  if (a.mean64)  // sufficientStatistics / fusedBatchNorm's float64 statistics
+    return Status::Error(Code::kUnsupported, std::string("moments: float64 sufficient statistics are computed by the "
+                                                         "'cpu' backend only in this version, not '") +
+                                                 backend_name(b) + "'");
+  if (b == Backend::kCuda && unavailable_reason(b).empty()) return cuda::moments(a);
   return Status::Error(Code::kBackendUnavailable, std::string("moments: backend '") + backend_name(b) +
                                                       "' is unavailable: " + unavailable_reason(b));
 }
 
 Status run_batch_norm(Backend b, const BatchNormArgs& a) {
-  if (b == Backend::kCpu) return cpu_batch_norm(a);
+  if (b == Backend::kCpu && a.mem == Memory::kHost && a.x.mem == Memory::kHost && a.mean.mem == Memory::kHost &&
+      a.variance.mem == Memory::kHost && a.offset.mem == Memory::kHost && a.scale.mem == Memory::kHost)
+    return cpu_batch_norm(a);
+  if (b == Backend::kCuda && unavailable_reason(b).empty()) return cuda::batch_norm(a);
   return Status::Error(Code::kBackendUnavailable, std::string("batchNormalization: backend '") +
                                                       backend_name(b) + "' is unavailable: " +
                                                       unavailable_reason(b));

@@ -18,8 +18,9 @@ std::vector<BackendInfo> backend_infos();
 enum class Op { kMoments, kBatchNorm, kTraining };
 
 // requested: -1 = auto, else a Backend value. On success *chosen is the backend and
-// *why says why it was picked (for 'auto') — the `explain` text.
-Status select_backend(Op op, int requested, Backend* chosen, std::string* why);
+// *why says why it was picked (for 'auto') — the `explain` text. data: where the
+// inputs live; 'auto' runs where the data is (DeviceTensors -> cuda, host -> cpu).
+Status select_backend(Op op, int requested, Backend* chosen, std::string* why, Memory data = Memory::kHost);
 
 Status run_moments(Backend b, const MomentsArgs& a);
 Status run_batch_norm(Backend b, const BatchNormArgs& a);

@@ -16,5 +16,33 @@ const DeviceInfo& device_info() {
   return info;
 }
 
+namespace {
+Status unavailable(const char* op) {
+  return Status::Error(Code::kBackendUnavailable,
+                       std::string(op) + ": backend 'cuda' is unavailable: " + device_info().reason);
+}
+}  // namespace
+
+Status device_alloc(size_t bytes, void** p, const char* op) {
+  *p = nullptr;
+  return bytes == 0 ? Status::Ok() : unavailable(op);
+}
+void device_free(void*) {}
+MemoryStats memory_stats() { return {}; }
+Status empty_cache() { return Status::Ok(); }
+Status copy_to_device(void*, const void*, size_t bytes, const char* op) {
+  return bytes == 0 ? Status::Ok() : unavailable(op);
+}
+Status copy_to_host(void*, const void*, size_t bytes, const char* op) {
+  return bytes == 0 ? Status::Ok() : unavailable(op);
+}
+Status synchronize(const char*) { return Status::Ok(); }
+Status moments(const MomentsArgs&) { return unavailable("moments"); }
+Status batch_norm(const BatchNormArgs&) { return unavailable("batchNormalization"); }
+Status time_moments(const MomentsArgs&, int, int, std::vector<double>*) { return unavailable("deviceTimeOp"); }
+Status time_batch_norm(const BatchNormArgs&, int, int, std::vector<double>*) { return unavailable("deviceTimeOp"); }
+Status time_copy(size_t, int, int, std::vector<double>*) { return unavailable("deviceTimeOp"); }
+Status time_read(size_t, int, int, std::vector<double>*) { return unavailable("deviceTimeOp"); }
+
 }  // namespace cuda
 }  // namespace bn

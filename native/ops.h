@@ -19,6 +19,9 @@ inline int64_t numel(const Shape& s) {
 
 enum class Backend { kCpu = 0, kCuda = 1, kCudnn = 2 };
 
+// Where a buffer lives: host memory (a Float32Array) or device memory (a DeviceTensor).
+enum class Memory { kHost = 0, kDevice = 1 };
+
 struct MomentsArgs {
   const float* x = nullptr;
   Shape shape;              // shape of x
@@ -27,9 +30,10 @@ struct MomentsArgs {
   float* mean = nullptr;    // prod(kept dims) elements, kept dims in order
   float* variance = nullptr;
   // Optional float64 sufficient statistics (mean and M2 = Σ(x − mean)²), for exact
-  // merging of shards (Chan); null when not wanted.
+  // merging of shards (Chan); null when not wanted. CPU backend only (host memory).
   double* mean64 = nullptr;
   double* m2_64 = nullptr;
+  Memory mem = Memory::kHost;  // location of x, mean and variance (always the same)
 };
 
 // One operand of batchNormalization: data plus its shape (numpy-broadcast against the
@@ -37,6 +41,7 @@ struct MomentsArgs {
 struct Operand {
   const float* data = nullptr;
   Shape shape;
+  Memory mem = Memory::kHost;
 };
 
 struct BatchNormArgs {
@@ -44,6 +49,7 @@ struct BatchNormArgs {
   double epsilon = 0;
   float* y = nullptr;
   Shape out_shape;  // broadcast of all operand shapes
+  Memory mem = Memory::kHost;  // location of y (always that of x)
 };
 
 // Per-channel view of the training backward pass: x and dy as [A, C, B] (channel axis

@@ -1,0 +1,309 @@
+// CUDA batchNormalization: y = (x − mean) · scale / sqrt(variance + ε) + offset with
+// numpy broadcasting, the same semantics and the same float64 arithmetic as
+// native/cpu_batchnorm.cc (so results match the CPU bit for bit: IEEE float64 sqrt and
+// division on both, no FMA contraction on either: --fmad=false / -ffp-contract=off).
+//
+// When the parameters vary along few elements, a table of (mean, inv, offset) in float64
+// is built first (bn_table_fill_kernel), then one pass reads x once and writes y once:
+//   - x not broadcast and the table index is (i / A) % T (per-tensor, NCHW, NHWC and
+//     every layout whose varying dims are adjacent): bn_table_apply_kernel, float4 loads
+//     and stores, 32-bit indices when the size allows;
+//   - otherwise bn_table_general_kernel (index arithmetic per element).
+// When the parameters are as large as x, bn_elementwise_kernel computes inv per element.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "common.cuh"
+
+namespace bn {
+namespace cuda {
+
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kMaxDims = 64;
+
+// Row-major decomposition of a flat index over `size`, giving K operands' offsets.
+template <int K>
+struct Indexer {
+  int rank;
+  long long size[kMaxDims];
+  long long st[K][kMaxDims];
+
+  __device__ __forceinline__ void offsets(long long i, long long* off) const {
+#pragma unroll
+    for (int k = 0; k < K; ++k) off[k] = 0;
+    for (int d = rank - 1; d >= 0; --d) {
+      const long long q = i / size[d];
+      const long long c = i - q * size[d];
+      i = q;
+#pragma unroll
+      for (int k = 0; k < K; ++k) off[k] += c * st[k][d];
+    }
+  }
+};
+
+__device__ __forceinline__ double inv_std(double var, double scale, double eps) { return scale / sqrt(var + eps); }
+
+// Table entry t for every t in [0, T): idx.offsets gives mean, variance, offset, scale.
+__global__ void __launch_bounds__(kThreads) bn_table_fill_kernel(Indexer<4> idx, long long T, const float* mean,
+                                                                 const float* var, const float* offset,
+                                                                 const float* scale, double eps, double* tm,
+                                                                 double* tinv, double* to) {
+  for (long long t = static_cast<long long>(blockIdx.x) * kThreads + threadIdx.x; t < T;
+       t += static_cast<long long>(gridDim.x) * kThreads) {
+    long long off[4];
+    idx.offsets(t, off);
+    const double m = mean[off[0]];
+    const double v = var[off[1]];
+    const double o = offset ? static_cast<double>(offset[off[2]]) : 0.0;
+    const double s = scale ? static_cast<double>(scale[off[3]]) : 1.0;
+    tm[t] = m;
+    tinv[t] = inv_std(v, s, eps);
+    to[t] = o;
+  }
+}
+
+// x contiguous with y; element i uses table entry (i / A) % T. Each thread handles VEC
+// consecutive elements: one division for the first, then (r, t) advance with carries.
+template <int VEC, typename I>
+__global__ void __launch_bounds__(kThreads) bn_table_apply_kernel(const float* x, float* y, I n, I A, I T,
+                                                                  const double* __restrict__ tm,
+                                                                  const double* __restrict__ tinv,
+                                                                  const double* __restrict__ to) {
+  const I nvec = n / VEC;
+  const I stride = static_cast<I>(gridDim.x) * kThreads;
+  const I g = static_cast<I>(blockIdx.x) * kThreads + threadIdx.x;
+  for (I v = g; v < nvec; v += stride) {
+    const I i = v * VEC;
+    const I q = i / A;
+    I r = i - q * A;
+    I t = q % T;
+    float xs[VEC], ys[VEC];
+    if (VEC == 4) {
+      // x may be y (in place): a plain load, not the read-only path.
+      const float4 x4 = *reinterpret_cast<const float4*>(x + i);
+      xs[0] = x4.x;
+      xs[VEC > 1 ? 1 : 0] = x4.y;
+      xs[VEC > 2 ? 2 : 0] = x4.z;
+      xs[VEC > 3 ? 3 : 0] = x4.w;
+    } else {
+      xs[0] = x[i];
+    }
+    double m = tm[t], inv = tinv[t], o = to[t];
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) {
+      ys[e] = static_cast<float>((static_cast<double>(xs[e]) - m) * inv + o);
+      if (e + 1 < VEC && ++r == A) {
+        r = 0;
+        if (++t == T) t = 0;
+        m = tm[t];
+        inv = tinv[t];
+        o = to[t];
+      }
+    }
+    if (VEC == 4) {
+      float4 y4;
+      y4.x = ys[0];
+      y4.y = ys[VEC > 1 ? 1 : 0];
+      y4.z = ys[VEC > 2 ? 2 : 0];
+      y4.w = ys[VEC > 3 ? 3 : 0];
+      *reinterpret_cast<float4*>(y + i) = y4;
+    } else {
+      y[i] = ys[0];
+    }
+  }
+  // The n % VEC trailing elements, one per thread of the first threads.
+  if (VEC > 1 && g < n - nvec * VEC) {
+    const I i = nvec * VEC + g;
+    const I t = (i / A) % T;
+    y[i] = static_cast<float>((static_cast<double>(x[i]) - tm[t]) * tinv[t] + to[t]);
+  }
+}
+
+// Any layout: offsets of x and of the table entry from the collapsed output dims.
+__global__ void __launch_bounds__(kThreads) bn_table_general_kernel(Indexer<2> idx, long long n, const float* x,
+                                                                    float* y, const double* __restrict__ tm,
+                                                                    const double* __restrict__ tinv,
+                                                                    const double* __restrict__ to) {
+  for (long long i = static_cast<long long>(blockIdx.x) * kThreads + threadIdx.x; i < n;
+       i += static_cast<long long>(gridDim.x) * kThreads) {
+    long long off[2];
+    idx.offsets(i, off);
+    y[i] = static_cast<float>((static_cast<double>(x[off[0]]) - tm[off[1]]) * tinv[off[1]] + to[off[1]]);
+  }
+}
+
+// Parameters as large as x: inv per element.
+__global__ void __launch_bounds__(kThreads) bn_elementwise_kernel(Indexer<5> idx, long long n, const float* x,
+                                                                  const float* mean, const float* var,
+                                                                  const float* offset, const float* scale,
+                                                                  double eps, float* y) {
+  for (long long i = static_cast<long long>(blockIdx.x) * kThreads + threadIdx.x; i < n;
+       i += static_cast<long long>(gridDim.x) * kThreads) {
+    long long off[5];
+    idx.offsets(i, off);
+    const double xv = x[off[0]];
+    const double m = mean[off[1]];
+    const double v = var[off[2]];
+    const double o = offset ? static_cast<double>(offset[off[3]]) : 0.0;
+    const double s = scale ? static_cast<double>(scale[off[4]]) : 1.0;
+    y[i] = static_cast<float>((xv - m) * inv_std(v, s, eps) + o);
+  }
+}
+
+// Strides of an operand broadcast to `out` (as cpu_batchnorm.cc).
+std::vector<int64_t> broadcast_strides(const Shape& shape, const Shape& out) {
+  const size_t r = out.size(), k = shape.size();
+  std::vector<int64_t> st(r, 0);
+  int64_t s = 1;
+  for (size_t i = 0; i < k; ++i) {
+    const size_t d = r - 1 - i;
+    const int64_t ext = shape[k - 1 - i];
+    st[d] = ext == 1 ? 0 : s;
+    s *= ext;
+  }
+  return st;
+}
+
+// Drops extent-1 dims and merges neighbours contiguous for every operand (as the CPU).
+template <int K>
+Indexer<K> collapse(const Shape& out, const std::vector<std::vector<int64_t>>& strides) {
+  Indexer<K> d{};
+  d.rank = 0;
+  for (size_t i = 0; i < out.size(); ++i) {
+    if (out[i] == 1) continue;
+    bool merge = d.rank > 0;
+    for (int k = 0; merge && k < K; ++k) merge = d.st[k][d.rank - 1] == strides[k][i] * out[i];
+    if (merge) {
+      d.size[d.rank - 1] *= out[i];
+      for (int k = 0; k < K; ++k) d.st[k][d.rank - 1] = strides[k][i];
+    } else {
+      d.size[d.rank] = out[i];
+      for (int k = 0; k < K; ++k) d.st[k][d.rank] = strides[k][i];
+      ++d.rank;
+    }
+  }
+  if (d.rank == 0) {
+    d.rank = 1;
+    d.size[0] = 1;
+    for (int k = 0; k < K; ++k) d.st[k][0] = 0;
+  }
+  return d;
+}
+
+Status launch_batch_norm(const BatchNormArgs& a, const float* x, const float* const p[4], float* y,
+                         cudaStream_t st) {
+  const char* op = "batchNormalization";
+  const Shape& out = a.out_shape;
+  const int64_t total = numel(out);
+  const size_t r = out.size();
+  const Operand* params[4] = {&a.mean, &a.variance, &a.offset, &a.scale};
+  std::vector<std::vector<int64_t>> pst(4);
+  for (int k = 0; k < 4; ++k) pst[k] = broadcast_strides(p[k] ? params[k]->shape : Shape{}, out);
+  const std::vector<int64_t> xst = broadcast_strides(a.x.shape, out);
+  const double eps = a.epsilon;
+
+  int64_t T = 1;
+  std::vector<int64_t> tst(r, 0);
+  for (size_t i = r; i-- > 0;) {
+    bool varies = false;
+    for (int k = 0; k < 4; ++k) varies = varies || pst[k][i] != 0;
+    if (varies) {
+      tst[i] = T;
+      T *= out[i];
+    }
+  }
+
+  if (T <= std::max<int64_t>(65536, total / 8)) {
+    Scratch table;
+    BN_TRY(table.alloc(3 * static_cast<size_t>(T) * sizeof(double), op));
+    double* tm = table.as<double>();
+    double* tinv = tm + T;
+    double* to = tinv + T;
+    {
+      // The table dims: output dims along which some parameter varies, in order.
+      Indexer<4> idx{};
+      idx.rank = 0;
+      for (size_t i = 0; i < r; ++i) {
+        if (!tst[i]) continue;
+        idx.size[idx.rank] = out[i];
+        for (int k = 0; k < 4; ++k) idx.st[k][idx.rank] = pst[k][i];
+        ++idx.rank;
+      }
+      if (idx.rank == 0) {
+        idx.rank = 1;
+        idx.size[0] = 1;
+        for (int k = 0; k < 4; ++k) idx.st[k][0] = 0;
+      }
+      bn_table_fill_kernel<<<grid_for(T, kThreads), kThreads, 0, st>>>(idx, T, p[0], p[1], p[2], p[3], eps, tm, tinv,
+                                                                        to);
+      BN_TRY(check_launch(op, "bn_table_fill_kernel"));
+    }
+    Indexer<2> d = collapse<2>(out, {xst, tst});
+    const bool x_dense = numel(a.x.shape) == total;
+    int varying = -1, nvary = 0;
+    for (int k = 0; k < d.rank; ++k)
+      if (d.st[1][k] != 0) {
+        varying = k;
+        ++nvary;
+      }
+    const bool simple = x_dense && (nvary == 0 || (nvary == 1 && d.st[1][varying] == 1));
+    if (simple) {
+      int64_t A = 1;
+      for (int k = varying + 1; k < d.rank; ++k) A *= d.size[k];
+      if (nvary == 0) A = 1;
+      const int64_t Tm = nvary == 0 ? 1 : d.size[varying];
+      const bool vec = aligned16(x) && aligned16(y);
+      const unsigned grid = grid_for(vec ? total / 4 + 1 : total, kThreads);
+      if (total < (int64_t{1} << 31)) {
+        using I = unsigned int;
+        if (vec) bn_table_apply_kernel<4, I><<<grid, kThreads, 0, st>>>(x, y, I(total), I(A), I(Tm), tm, tinv, to);
+        else bn_table_apply_kernel<1, I><<<grid, kThreads, 0, st>>>(x, y, I(total), I(A), I(Tm), tm, tinv, to);
+      } else {
+        using I = unsigned long long;
+        if (vec) bn_table_apply_kernel<4, I><<<grid, kThreads, 0, st>>>(x, y, I(total), I(A), I(Tm), tm, tinv, to);
+        else bn_table_apply_kernel<1, I><<<grid, kThreads, 0, st>>>(x, y, I(total), I(A), I(Tm), tm, tinv, to);
+      }
+      BN_TRY(check_launch(op, "bn_table_apply_kernel"));
+    } else {
+      bn_table_general_kernel<<<grid_for(total, kThreads), kThreads, 0, st>>>(d, total, x, y, tm, tinv, to);
+      BN_TRY(check_launch(op, "bn_table_general_kernel"));
+    }
+    // `table` returns to the cache here; stream order keeps it valid for the kernels.
+    return Status::Ok();
+  }
+
+  Indexer<5> d = collapse<5>(out, {xst, pst[0], pst[1], pst[2], pst[3]});
+  bn_elementwise_kernel<<<grid_for(total, kThreads), kThreads, 0, st>>>(d, total, x, p[0], p[1], p[2], p[3], eps, y);
+  return check_launch(op, "bn_elementwise_kernel");
+}
+
+}  // namespace
+
+Status batch_norm(const BatchNormArgs& a) {
+  const char* op = "batchNormalization";
+  cudaStream_t st;
+  BN_TRY(get_stream(&st, op));
+  const int64_t total = numel(a.out_shape);
+  if (total == 0) return Status::Ok();
+  // Host operands (Float32Arrays, numbers) are copied in; device ones used as they are.
+  DeviceOperand x, m, v, o, s;
+  BN_TRY(to_device(a.x.data, a.x.mem, static_cast<size_t>(numel(a.x.shape)), &x, op));
+  BN_TRY(to_device(a.mean.data, a.mean.mem, static_cast<size_t>(numel(a.mean.shape)), &m, op));
+  BN_TRY(to_device(a.variance.data, a.variance.mem, static_cast<size_t>(numel(a.variance.shape)), &v, op));
+  BN_TRY(to_device(a.offset.data, a.offset.mem, a.offset.data ? static_cast<size_t>(numel(a.offset.shape)) : 0, &o, op));
+  BN_TRY(to_device(a.scale.data, a.scale.mem, a.scale.data ? static_cast<size_t>(numel(a.scale.shape)) : 0, &s, op));
+  const float* p[4] = {m.p, v.p, o.p, s.p};
+  if (a.mem == Memory::kDevice) return launch_batch_norm(a, x.p, p, a.y, st);
+  Scratch y;
+  BN_TRY(y.alloc(static_cast<size_t>(total) * sizeof(float), op));
+  BN_TRY(launch_batch_norm(a, x.p, p, y.as<float>(), st));
+  return copy_to_host(a.y, y.as<float>(), static_cast<size_t>(total) * sizeof(float), op);
+}
+
+}  // namespace cuda
+}  // namespace bn
