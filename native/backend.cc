@@ -210,7 +210,8 @@ Status select_backend(Op op, int requested, Backend* chosen, std::string* why, M
                                                    ": backend 'cpu' cannot read DeviceTensor inputs; "
                                                    "download() them first or use backend 'cuda'");
     // cuDNN: batchNormalization with per-channel parameters only (no moments routine).
-    if (b == Backend::kCudnn && op != Op::kTraining) {
+    // (explain without a call shape: the op itself re-checks in run_batch_norm)
+    if (b == Backend::kCudnn && op != Op::kTraining && (call || op == Op::kMoments)) {
       const std::string no = cudnn_rejects(op, call, data, false);
       if (!no.empty())
         return Status::Error(Code::kUnsupported, std::string(fn) + ": backend 'cudnn' cannot run this call: " + no +

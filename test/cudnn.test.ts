@@ -36,9 +36,13 @@ const SYMBOLS = [
   'cudnnBatchNormalizationBackward',
 ];
 
+const tempDirs: string[] = [];
+after(() => tempDirs.forEach((d) => fs.rmSync(d, { recursive: true, force: true })));
+
 /** Builds a fake libcudnn.so.9 in its own temp directory; returns its path. */
 function fakeLibrary(cc: string, version: number, exportAll: boolean): string {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'fake-cudnn-'));
+  tempDirs.push(dir);
   const src = path.join(dir, 'fake.c');
   const lines = [`#include <stddef.h>`, `size_t cudnnGetVersion(void) { return ${version}; }`];
   // Stubs that are never called: the loader only resolves them.
@@ -73,6 +77,7 @@ describe('cuDNN loader (any machine, no GPU needed)', function () {
 
   it('a directory in BATCHNORM_CUDNN_PATH is searched for libcudnn.so.9', () => {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'empty-cudnn-'));
+    tempDirs.push(dir);
     const r = cudnnProbe(dir);
     assert.equal(r.loaded, false);
     assert.equal(r.path, path.join(dir, 'libcudnn.so.9'));
