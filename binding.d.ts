@@ -5,6 +5,7 @@
 /** -1 = auto, 0 = cpu, 1 = cuda, 2 = cudnn */
 export type BackendCode = -1 | 0 | 1 | 2;
 export type BackendName = 'cpu' | 'cuda' | 'cudnn';
+export type ExplainOp = 'moments' | 'batchNormalization' | 'fusedBatchNorm' | 'batchNormalizationGrad';
 
 export interface NativeBackendInfo {
   name: BackendName;
@@ -89,8 +90,15 @@ export interface Binding {
   ): Promise<BackendName>;
 
   backends(): NativeBackendInfo[];
-  /** Which backend a call of `op` would use and why; throws BackendError when the requested one is unavailable. */
-  explain(op: 'moments' | 'batchNormalization', backend: BackendCode, onDevice?: boolean): { backend: BackendName; reason: string };
+  /**
+   * Which backend a call of `op` would use and why; throws BackendError when the requested
+   * one is unavailable or cannot run the call. `call` describes per-channel parameters
+   * along `axis` of x (what the cuDNN path needs to be considered).
+   */
+  explain(
+    op: ExplainOp, backend: BackendCode, onDevice?: boolean,
+    call?: { shape: number[]; axis: number; epsilon: number },
+  ): { backend: BackendName; reason: string };
   setNumThreads(n: number): void;
   numThreads(): number;
   /** Instruction-set level the CPU kernels run with, e.g. "x86-64-v4 (AVX-512)". */
@@ -100,6 +108,40 @@ export interface Binding {
   memoryBandwidth(bytes: number, reps: number): { copy: number; read: number };
   /** Registers lib's BackendError class; native errors are constructed as new cls(message, code). */
   setBackendErrorClass(cls: new (message: string, code: string) => Error): void;
+
+  // ---- cuDNN path (cuda/cudnn_bn.cu; issue 5) ----
+  /** The cuDNN loader run afresh on `path` (file or directory; default: BATCHNORM_CUDNN_PATH, then the sonames). No GPU needed. */
+  cudnnProbe(path?: string): { loaded: boolean; version: number; path: string; reason: string | null };
+  /**
+   * Training forward on cuDNN (TF FusedBatchNormV3 semantics); every tensor a DeviceTensor,
+   * vectors of C = shape[axis] floats; runMean/runVar null only when factor is 1. Throws
+   * ERR_UNSUPPORTED when the selection does not pick cudnn (lib/ asks explain first).
+   */
+  fusedBatchNormDevice(
+    x: DeviceHandle, shape: number[], axis: number, scale: DeviceHandle, offset: DeviceHandle,
+    runMean: DeviceHandle | null, runVar: DeviceHandle | null, epsilon: number, factor: number,
+    y: DeviceHandle, batchMean: DeviceHandle, batchVar: DeviceHandle, batchVarBiased: DeviceHandle,
+    runMeanOut: DeviceHandle, runVarOut: DeviceHandle, savedMean: DeviceHandle, savedInvStd: DeviceHandle,
+    backend: BackendCode,
+  ): BackendName;
+  fusedBatchNormDeviceAsync(
+    x: DeviceHandle, shape: number[], axis: number, scale: DeviceHandle, offset: DeviceHandle,
+    runMean: DeviceHandle | null, runVar: DeviceHandle | null, epsilon: number, factor: number,
+    y: DeviceHandle, batchMean: DeviceHandle, batchVar: DeviceHandle, batchVarBiased: DeviceHandle,
+    runMeanOut: DeviceHandle, runVarOut: DeviceHandle, savedMean: DeviceHandle, savedInvStd: DeviceHandle,
+    backend: BackendCode,
+  ): Promise<BackendName>;
+  /** Training backward on cuDNN from the saved statistics: dx, dscale = Σdy·x̂, doffset = Σdy. */
+  batchNormGradDevice(
+    dy: DeviceHandle, x: DeviceHandle, shape: number[], axis: number, scale: DeviceHandle,
+    savedMean: DeviceHandle, savedInvStd: DeviceHandle, epsilon: number,
+    dx: DeviceHandle, dscale: DeviceHandle, doffset: DeviceHandle, backend: BackendCode,
+  ): BackendName;
+  batchNormGradDeviceAsync(
+    dy: DeviceHandle, x: DeviceHandle, shape: number[], axis: number, scale: DeviceHandle,
+    savedMean: DeviceHandle, savedInvStd: DeviceHandle, epsilon: number,
+    dx: DeviceHandle, dscale: DeviceHandle, doffset: DeviceHandle, backend: BackendCode,
+  ): Promise<BackendName>;
 
   // ---- DeviceTensor handles (native/device_binding.cc) ----
   /** Copies data into new device memory. Throws BackendError when CUDA is unavailable (except for 0 elements). */

@@ -30,6 +30,53 @@ function randomFill(n) {
   return a;
 }
 
+// ---- cuDNN rows (issue 5) --------------------------------------------------------------
+// deviceTimeOp times our kernels only; cuDNN calls are timed by wall clock around `reps`
+// back-to-back calls and one synchronize (launch overhead and cached allocations
+// included), and our kernels the same way beside them, so the two rows compare like
+// with like. These rows decide BATCHNORM_PREFER_CUDNN's default (README "cuDNN path").
+const { native } = require('../dist/lib/binding.js');
+
+function wallMs(fn, reps) {
+  for (let i = 0; i < WARMUP; i++) fn();
+  native.deviceSynchronize();
+  const t0 = process.hrtime.bigint();
+  for (let i = 0; i < reps; i++) fn();
+  native.deviceSynchronize();
+  return Number(process.hrtime.bigint() - t0) / 1e6 / reps;
+}
+
+function disposeAll(r) {
+  for (const v of Object.values(r)) if (v instanceof bn.DeviceTensor) v.dispose();
+}
+
+function cudnnRows(w, x) {
+  const cudnn = bn.backends().find((b) => b.name === 'cudnn');
+  if (w.shape.length !== 4 && w.shape.length !== 5) return { skipped: 'rank is not 4 or 5' };
+  if (!cudnn.available) return { skipped: cudnn.reason };
+  const dataFormat = w.layout === 'NHWC' ? 'NHWC' : 'NCHW';
+  const axis = dataFormat === 'NCHW' ? 1 : w.shape.length - 1;
+  const C = w.shape[axis];
+  const paramShape = w.shape.slice(axis).map((d, i) => (i === 0 ? d : 1));
+  const vec = (v) => bn.DeviceTensor.upload({ data: new Float32Array(C).fill(v), shape: paramShape });
+  const [mean, variance, offset, scale] = [vec(0), vec(1), vec(0), vec(1)];
+  const infer = (backend) => wallMs(() => bn.batchNormalization(x, mean, variance, offset, scale, 1e-3, { backend }).dispose(), REPS);
+  const opts = { dataFormat, epsilon: 1e-3 };
+  const train = (backend) => wallMs(() => disposeAll(bn.fusedBatchNorm(x, scale, offset, { ...opts, backend })), REPS);
+  const fwd = bn.fusedBatchNorm(x, scale, offset, { ...opts, backend: 'cudnn' });
+  const backward = wallMs(() => disposeAll(bn.batchNormalizationGrad(x, x, scale, { mean: fwd.savedMean, invStd: fwd.savedInvStd },
+    { dataFormat, epsilon: 1e-3, backend: 'cudnn' })), REPS);
+  const r = {
+    method: `wall clock over ${REPS} calls + synchronize`,
+    inference: { cudnnMs: infer('cudnn'), cudaMs: infer('cuda') },
+    trainingForward: { cudnnMs: train('cudnn'), cudaMs: train('cuda') },
+    backward: { cudnnMs: backward },
+  };
+  disposeAll(fwd);
+  [mean, variance, offset, scale].forEach((t) => t.dispose());
+  return r;
+}
+
 function main() {
   fs.mkdirSync(OUT, { recursive: true });
   const info = bn.info();
@@ -56,10 +103,22 @@ function main() {
       training: { ms: momentsMs + bnMs },
       floors: { copyMs, copyGbs: gbs(2 * bytes, copyMs), readMs, readGbs: gbs(bytes, readMs) },
     };
+    try {
+      r.cudnn = cudnnRows(w, x);
+    } catch (e) {
+      r.cudnn = { error: String(e && e.message) };
+    }
     results.push(r);
     console.log(`${w.name} ${JSON.stringify(w.shape)} axes ${JSON.stringify(w.axes)}: moments ${momentsMs.toFixed(3)} ms ` +
       `(${r.moments.gbs.toFixed(0)} GB/s, ${(100 * r.moments.vsRead).toFixed(0)}% of read), batchNormalization ` +
       `${bnMs.toFixed(3)} ms (${r.batchNormalization.gbs.toFixed(0)} GB/s, ${(100 * r.batchNormalization.vsCopy).toFixed(0)}% of D2D copy)`);
+    if (r.cudnn.inference) {
+      const c = r.cudnn;
+      console.log(`${w.name} cudnn vs cuda (${c.method}): inference ${c.inference.cudnnMs.toFixed(3)} vs ${c.inference.cudaMs.toFixed(3)} ms, ` +
+        `training forward ${c.trainingForward.cudnnMs.toFixed(3)} vs ${c.trainingForward.cudaMs.toFixed(3)} ms, backward (cudnn) ${c.backward.cudnnMs.toFixed(3)} ms`);
+    } else {
+      console.log(`${w.name} cudnn: ${r.cudnn.skipped || r.cudnn.error}`);
+    }
     [x, m.mean, m.variance, y].forEach((t) => t.dispose());
     bn.emptyCache();
   }

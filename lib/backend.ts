@@ -1,5 +1,5 @@
 // Backend choice: 'auto' (default) or a named backend, globally or per call.
-import type { BackendCode, BackendName } from '../binding';
+import type { BackendCode, BackendName, ExplainOp } from '../binding';
 import { native } from './binding';
 import { describe } from './tensor';
 
@@ -46,11 +46,24 @@ export function getBackend(): BackendChoice {
  * Throws BackendError (ERR_BACKEND_UNAVAILABLE) for an unavailable named backend.
  */
 export function explain(
-  op: 'moments' | 'batchNormalization',
-  options: { backend?: BackendChoice; onDevice?: boolean } = {},
+  op: ExplainOp,
+  options: { backend?: BackendChoice; onDevice?: boolean; shape?: number[]; axis?: number; dataFormat?: 'NHWC' | 'NCHW'; epsilon?: number } = {},
 ): { backend: BackendName; reason: string } {
   // onDevice: the inputs would be DeviceTensors ('auto' runs where the data lives).
-  return native.explain(op, backendCode('explain', options.backend), options.onDevice === true);
+  // shape (+ axis or dataFormat, epsilon): a per-channel call, so the cuDNN path is considered.
+  let call: { shape: number[]; axis: number; epsilon: number } | undefined;
+  if (options.shape !== undefined) {
+    if (!Array.isArray(options.shape) || !options.shape.every((d) => Number.isInteger(d) && d >= 0)) {
+      throw new TypeError(`explain: options.shape must be an array of non-negative integers, got ${describe(options.shape)}`);
+    }
+    const rank = options.shape.length;
+    const axis = options.axis ?? ((options.dataFormat ?? 'NHWC') === 'NHWC' ? rank - 1 : 1);
+    if (!Number.isInteger(axis) || axis < -rank || axis >= rank) throw new RangeError(`explain: options.axis = ${axis} is out of range for rank ${rank}`);
+    const epsilon = options.epsilon ?? 1e-3;
+    if (typeof epsilon !== 'number' || !(epsilon >= 0)) throw new RangeError(`explain: options.epsilon must be a number >= 0, got ${describe(epsilon)}`);
+    call = { shape: options.shape.slice(), axis: axis < 0 ? axis + rank : axis, epsilon };
+  }
+  return native.explain(op, backendCode('explain', options.backend), options.onDevice === true, call);
 }
 
 /** Threads the CPU backend uses per call (default: BATCHNORM_NUM_THREADS or the core count). */

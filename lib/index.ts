@@ -13,7 +13,7 @@ export {
   sufficientStatistics, mergeMoments, finalizeMoments, fusedBatchNorm, fusedBatchNormAsync,
   batchNormalizationGrad, batchNormalizationGradAsync, fusedBatchNormGrad, fusedBatchNormGradAsync,
   type SufficientStatistics, type FusedBatchNormOptions, type FusedBatchNormResult,
-  type BatchNormGradOptions, type BatchNormGrads, type DataFormat,
+  type BatchNormGradOptions, type BatchNormGrads, type DataFormat, type DeviceFusedBatchNormOptions,
 } from './training';
 export {
   BatchNormalization, CONVENTIONS, type Convention, type ConventionSpec,
@@ -22,3 +22,6 @@ export {
 export {
   DeviceTensor, memoryInfo, emptyCache, deviceTimeOp, type DeviceMoments, type DeviceMemoryInfo,
 } from './device';
+export {
+  cudnnProbe, type CudnnProbe, type DeviceFusedBatchNormResult, type DeviceBatchNormGrads,
+} from './cudnn';

@@ -4,6 +4,11 @@ import { native } from './binding';
 import { backendCode, type BackendChoice } from './backend';
 import { withCallerStack } from './errors';
 import { batchNormalization, batchNormalizationAsync } from './ops';
+import {
+  deviceBatchNormGrad, deviceBatchNormGradAsync, deviceFusedBatchNorm, deviceFusedBatchNormAsync,
+  type DeviceBatchNormGrads, type DeviceFusedBatchNormResult,
+} from './cudnn';
+import { DeviceTensor } from './device';
 import { checkShape, checkTensor, describe, fmtShape, normalizeAxes, product, type Tensor } from './tensor';
 
 // ---- sufficient statistics --------------------------------------------------------
@@ -156,6 +161,12 @@ export interface FusedBatchNormOptions {
   out?: Float32Array;
 }
 
+/** fusedBatchNorm options for a DeviceTensor x: running statistics may be DeviceTensors too; no `out`. */
+export interface DeviceFusedBatchNormOptions extends Omit<FusedBatchNormOptions, 'mean' | 'variance' | 'out'> {
+  mean?: DeviceTensor | Float32Array | Tensor | null;
+  variance?: DeviceTensor | Float32Array | Tensor | null;
+}
+
 export interface FusedBatchNormResult {
   y: Tensor;
   /** Batch mean (training) or the given mean (inference). Shape [C]. */
@@ -263,9 +274,19 @@ function paramTensor(p: FusedPlan, data: Float32Array | null): Tensor | null {
  * Inference: normalizes with options.mean / options.variance.
  */
 export function fusedBatchNorm(
+  x: DeviceTensor, scale: DeviceTensor | Float32Array | Tensor | number | null,
+  offset: DeviceTensor | Float32Array | Tensor | number | null, options?: DeviceFusedBatchNormOptions,
+): DeviceFusedBatchNormResult;
+export function fusedBatchNorm(
   x: Tensor, scale: Float32Array | Tensor | number | null, offset: Float32Array | Tensor | number | null,
   options?: FusedBatchNormOptions,
-): FusedBatchNormResult {
+): FusedBatchNormResult;
+export function fusedBatchNorm(
+  x: Tensor | DeviceTensor, scale: DeviceTensor | Float32Array | Tensor | number | null,
+  offset: DeviceTensor | Float32Array | Tensor | number | null, options?: FusedBatchNormOptions | DeviceFusedBatchNormOptions,
+): FusedBatchNormResult | DeviceFusedBatchNormResult {
+  // DeviceTensor x: cuDNN's fused training forward where it applies, else our CUDA kernels (lib/cudnn.ts).
+  if (x instanceof DeviceTensor) return deviceFusedBatchNorm('fusedBatchNorm', x, scale, offset, options);
   const p = planFused('fusedBatchNorm', x, scale, offset, options);
   const ps = p.view.paramShape;
   if (!p.training) {
@@ -286,9 +307,18 @@ export function fusedBatchNorm(
 
 /** fusedBatchNorm computed off the JS thread. */
 export async function fusedBatchNormAsync(
+  x: DeviceTensor, scale: DeviceTensor | Float32Array | Tensor | number | null,
+  offset: DeviceTensor | Float32Array | Tensor | number | null, options?: DeviceFusedBatchNormOptions,
+): Promise<DeviceFusedBatchNormResult>;
+export async function fusedBatchNormAsync(
   x: Tensor, scale: Float32Array | Tensor | number | null, offset: Float32Array | Tensor | number | null,
   options?: FusedBatchNormOptions,
-): Promise<FusedBatchNormResult> {
+): Promise<FusedBatchNormResult>;
+export async function fusedBatchNormAsync(
+  x: Tensor | DeviceTensor, scale: DeviceTensor | Float32Array | Tensor | number | null,
+  offset: DeviceTensor | Float32Array | Tensor | number | null, options?: FusedBatchNormOptions | DeviceFusedBatchNormOptions,
+): Promise<FusedBatchNormResult | DeviceFusedBatchNormResult> {
+  if (x instanceof DeviceTensor) return deviceFusedBatchNormAsync('fusedBatchNormAsync', x, scale, offset, options);
   const site = new Error();
   const p = planFused('fusedBatchNormAsync', x, scale, offset, options);
   const ps = p.view.paramShape;
@@ -322,6 +352,8 @@ export interface BatchNormGradOptions {
   backend?: BackendChoice;
   /** Write dx here instead of a new array. */
   out?: Float32Array;
+  /** The forward's ε: passed to cuDNN with DeviceTensor inputs (it asks for the same value); default 1e-3. */
+  epsilon?: number;
 }
 
 export interface BatchNormGrads {
@@ -403,9 +435,19 @@ function gradCoefficients(p: GradPlan, s1: Float64Array, s2: Float64Array) {
  * `saved` is {mean, invStd} as fusedBatchNorm returns (savedMean, savedInvStd).
  */
 export function batchNormalizationGrad(
+  dy: DeviceTensor, x: DeviceTensor, scale: DeviceTensor | Float32Array | Tensor | number | null,
+  saved: { mean: DeviceTensor | Float32Array | Tensor; invStd: DeviceTensor | Float32Array | Tensor }, options?: BatchNormGradOptions,
+): DeviceBatchNormGrads;
+export function batchNormalizationGrad(
   dy: Tensor, x: Tensor, scale: Float32Array | Tensor | number | null,
   saved: { mean: Float32Array | Tensor; invStd: Float32Array | Tensor }, options?: BatchNormGradOptions,
-): BatchNormGrads {
+): BatchNormGrads;
+export function batchNormalizationGrad(
+  dy: Tensor | DeviceTensor, x: Tensor | DeviceTensor, scale: DeviceTensor | Float32Array | Tensor | number | null,
+  saved: { mean: DeviceTensor | Float32Array | Tensor; invStd: DeviceTensor | Float32Array | Tensor }, options?: BatchNormGradOptions,
+): BatchNormGrads | DeviceBatchNormGrads {
+  // DeviceTensor inputs: cuDNN's backward (the only GPU backward pass in this version).
+  if (x instanceof DeviceTensor) return deviceBatchNormGrad('batchNormalizationGrad', dy, x, scale, saved, options);
   const p = planGrad('batchNormalizationGrad', dy, x, scale, saved, options);
   const s1 = new Float64Array(p.view.C);
   const s2 = new Float64Array(p.view.C);
@@ -417,9 +459,18 @@ export function batchNormalizationGrad(
 
 /** batchNormalizationGrad computed off the JS thread. */
 export async function batchNormalizationGradAsync(
+  dy: DeviceTensor, x: DeviceTensor, scale: DeviceTensor | Float32Array | Tensor | number | null,
+  saved: { mean: DeviceTensor | Float32Array | Tensor; invStd: DeviceTensor | Float32Array | Tensor }, options?: BatchNormGradOptions,
+): Promise<DeviceBatchNormGrads>;
+export async function batchNormalizationGradAsync(
   dy: Tensor, x: Tensor, scale: Float32Array | Tensor | number | null,
   saved: { mean: Float32Array | Tensor; invStd: Float32Array | Tensor }, options?: BatchNormGradOptions,
-): Promise<BatchNormGrads> {
+): Promise<BatchNormGrads>;
+export async function batchNormalizationGradAsync(
+  dy: Tensor | DeviceTensor, x: Tensor | DeviceTensor, scale: DeviceTensor | Float32Array | Tensor | number | null,
+  saved: { mean: DeviceTensor | Float32Array | Tensor; invStd: DeviceTensor | Float32Array | Tensor }, options?: BatchNormGradOptions,
+): Promise<BatchNormGrads | DeviceBatchNormGrads> {
+  if (x instanceof DeviceTensor) return deviceBatchNormGradAsync('batchNormalizationGradAsync', dy, x, scale, saved, options);
   const site = new Error();
   const p = planGrad('batchNormalizationGradAsync', dy, x, scale, saved, options);
   try {

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "../cuda/cuda_backend.h"
+#include "../cuda/cudnn_backend.h"
 #include "backend.h"
 #include "device_binding.h"
 #include "hostmem.h"
@@ -268,8 +269,9 @@ BatchNormCall parse_batch_norm(const Napi::CallbackInfo& info) {
   bool any_device = false;
   for (size_t k = 0; k < 5; ++k) any_device = any_device || ops[k]->mem == Memory::kDevice;
   std::string why;
+  const CallInfo call = batch_norm_call_info(c.args);  // what the cuDNN path needs to judge
   Status s = select_backend(Op::kBatchNorm, get_backend(info, 13), &c.backend, &why,
-                            any_device ? Memory::kDevice : Memory::kHost);
+                            any_device ? Memory::kDevice : Memory::kHost, &call);
   if (!s.ok()) throw_status(env, s);
   return c;
 }
@@ -351,6 +353,119 @@ GradApplyCall parse_grad_apply(const Napi::CallbackInfo& info) {
   return c;
 }
 
+// ---- cuDNN training ops on DeviceTensors (issue 5) ---------------------------------
+// fusedBatchNorm's training forward and batchNormalizationGrad when lib/ found (through
+// explain) that the cudnn backend runs them. Every tensor is a DeviceTensor; lib/ uploads
+// host vectors and passes ones/zeros for an absent scale/offset.
+
+// An x shape of rank 4 or 5 and its channel axis (1 or last), checked as cuDNN needs them.
+cudnn::Layout get_layout(const Napi::CallbackInfo& info, size_t i, const char* fn) {
+  cudnn::Layout l;
+  l.shape = get_shape(info, i, fn, "shape");
+  const int64_t axis = get_count(info, i + 1, fn, "axis");
+  const size_t rank = l.shape.size();
+  if (axis >= static_cast<int64_t>(rank) || rank < 1)
+    range_error(info.Env(), std::string(fn) + ": axis must be in [0, rank)");
+  l.axis = static_cast<int>(axis);
+  return l;
+}
+
+// A DeviceTensor argument of exactly n floats.
+float* get_device_f32(const Napi::CallbackInfo& info, size_t i, const char* fn, const char* name, int64_t n,
+                      std::vector<Napi::Value>* keep, std::vector<std::shared_ptr<void>>* hold, bool nullable = false) {
+  F32 a = get_f32(info, i, fn, name, nullable);
+  if (nullable && a.value.IsNull()) return nullptr;
+  if (!a.device) type_error(info.Env(), std::string(fn) + ": " + name + " must be a DeviceTensor");
+  if (static_cast<int64_t>(a.length) != n)
+    range_error(info.Env(), std::string(fn) + ": " + name + " must have " + std::to_string(n) + " elements");
+  keep->push_back(a.value);
+  hold->push_back(a.hold);
+  return a.data;
+}
+
+struct FusedForwardCall {
+  cudnn::FusedForwardArgs args;
+  Backend backend = Backend::kCudnn;
+  std::vector<Napi::Value> keep;
+  std::vector<std::shared_ptr<void>> hold;
+  Status run() const { return cudnn::fused_forward(args); }
+};
+
+struct FusedBackwardCall {
+  cudnn::BackwardArgs args;
+  Backend backend = Backend::kCudnn;
+  std::vector<Napi::Value> keep;
+  std::vector<std::shared_ptr<void>> hold;
+  Status run() const { return cudnn::backward(args); }
+};
+
+// Only cudnn runs these; any other choice means lib/ should not have called.
+void require_cudnn(Napi::Env env, Op op, int requested, const cudnn::Layout& l, double eps, Backend* chosen) {
+  CallInfo call;
+  call.shape = l.shape;
+  call.channel_axis = l.axis;
+  call.epsilon = eps;
+  std::string why;
+  Status s = select_backend(op, requested, chosen, &why, Memory::kDevice, &call);
+  if (!s.ok()) throw_status(env, s);
+  if (*chosen != Backend::kCudnn)
+    throw_status(env, Status::Error(Code::kUnsupported, "the cuDNN entry point was called but " + why));
+}
+
+// fusedBatchNormDevice(x, shape, axis, scale, offset, runMean|null, runVar|null, epsilon, factor,
+//                      y, batchMean, batchVar, batchVarBiased, runMeanOut, runVarOut, savedMean, savedInvStd, backend)
+FusedForwardCall parse_fused_forward(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const char* fn = "fusedBatchNorm";
+  if (info.Length() < 18) type_error(env, "fusedBatchNormDevice: expected 18 arguments");
+  FusedForwardCall c;
+  cudnn::FusedForwardArgs& a = c.args;
+  a.x_layout = get_layout(info, 1, fn);
+  const int64_t n = numel(a.x_layout.shape), C = a.x_layout.shape[static_cast<size_t>(a.x_layout.axis)];
+  a.x = get_device_f32(info, 0, fn, "x", n, &c.keep, &c.hold);
+  a.scale = get_device_f32(info, 3, fn, "scale", C, &c.keep, &c.hold);
+  a.offset = get_device_f32(info, 4, fn, "offset", C, &c.keep, &c.hold);
+  a.running_mean = get_device_f32(info, 5, fn, "options.mean", C, &c.keep, &c.hold, true);
+  a.running_var = get_device_f32(info, 6, fn, "options.variance", C, &c.keep, &c.hold, true);
+  if (!info[7].IsNumber() || !info[8].IsNumber()) type_error(env, "fusedBatchNormDevice: epsilon and factor must be numbers");
+  a.epsilon = info[7].As<Napi::Number>().DoubleValue();
+  a.factor = info[8].As<Napi::Number>().DoubleValue();
+  if (!(a.epsilon >= 0) || !(a.factor >= 0 && a.factor <= 1))
+    range_error(env, "fusedBatchNormDevice: epsilon must be >= 0 and factor in [0, 1]");
+  if (a.factor != 1 && (!a.running_mean || !a.running_var))
+    type_error(env, "fusedBatchNormDevice: options.mean and options.variance are required when factor != 1");
+  a.y = get_device_f32(info, 9, fn, "y", n, &c.keep, &c.hold);
+  float** outs[7] = {&a.batch_mean, &a.batch_var, &a.batch_var_biased, &a.running_mean_out, &a.running_var_out,
+                     &a.saved_mean, &a.saved_inv_std};
+  for (size_t k = 0; k < 7; ++k) *outs[k] = get_device_f32(info, 10 + k, fn, "out vector", C, &c.keep, &c.hold);
+  require_cudnn(env, Op::kFusedForward, get_backend(info, 17), a.x_layout, a.epsilon, &c.backend);
+  return c;
+}
+
+// batchNormGradDevice(dy, x, shape, axis, scale, savedMean, savedInvStd, epsilon, dx, dscale, doffset, backend)
+FusedBackwardCall parse_fused_backward(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const char* fn = "batchNormalizationGrad";
+  if (info.Length() < 12) type_error(env, "batchNormGradDevice: expected 12 arguments");
+  FusedBackwardCall c;
+  cudnn::BackwardArgs& a = c.args;
+  a.x_layout = get_layout(info, 2, fn);
+  const int64_t n = numel(a.x_layout.shape), C = a.x_layout.shape[static_cast<size_t>(a.x_layout.axis)];
+  a.dy = get_device_f32(info, 0, fn, "dy", n, &c.keep, &c.hold);
+  a.x = get_device_f32(info, 1, fn, "x", n, &c.keep, &c.hold);
+  a.scale = get_device_f32(info, 4, fn, "scale", C, &c.keep, &c.hold);
+  a.saved_mean = get_device_f32(info, 5, fn, "saved.mean", C, &c.keep, &c.hold);
+  a.saved_inv_std = get_device_f32(info, 6, fn, "saved.invStd", C, &c.keep, &c.hold);
+  if (!info[7].IsNumber()) type_error(env, "batchNormGradDevice: epsilon must be a number");
+  a.epsilon = info[7].As<Napi::Number>().DoubleValue();
+  if (!(a.epsilon >= 0)) range_error(env, "batchNormGradDevice: epsilon must be >= 0");
+  a.dx = get_device_f32(info, 8, fn, "dx", n, &c.keep, &c.hold);
+  a.dscale = get_device_f32(info, 9, fn, "dscale", C, &c.keep, &c.hold);
+  a.doffset = get_device_f32(info, 10, fn, "doffset", C, &c.keep, &c.hold);
+  require_cudnn(env, Op::kFusedBackward, get_backend(info, 11), a.x_layout, a.epsilon, &c.backend);
+  return c;
+}
+
 // Async work on raw napi_async_work rather than Napi::AsyncWorker: when a worker_thread
 // is terminated with work in flight, its completion runs in an environment that refuses
 // every N-API call, and Napi::AsyncWorker then throws a C++ exception from a place where
@@ -387,7 +502,8 @@ class OpWork {
     auto* w = static_cast<OpWork*>(data);
     w->status_ = w->call_.run();
     // GPU work is only queued by run(); the promise settles when it has finished.
-    if (w->status_.ok() && w->call_.backend == Backend::kCuda) w->status_ = cuda::synchronize("async op");
+    if (w->status_.ok() && (w->call_.backend == Backend::kCuda || w->call_.backend == Backend::kCudnn))
+      w->status_ = cuda::synchronize("async op");
   }
 
   static void Complete(napi_env env, napi_status status, void* data) {
@@ -446,8 +562,17 @@ class Addon : public Napi::Addon<Addon> {
         InstanceMethod("cudaInfo", &Addon::CudaInfo),
         InstanceMethod("memoryBandwidth", &Addon::MemoryBandwidth),
         InstanceMethod("setBackendErrorClass", &Addon::SetBackendErrorClass),
+        // cuDNN path (issue 5)
+        InstanceMethod("cudnnProbe", &Addon::CudnnProbe),
+        InstanceMethod("fusedBatchNormDevice", &Addon::FusedForward),
+        InstanceMethod("fusedBatchNormDeviceAsync", &Addon::FusedForwardAsync),
+        InstanceMethod("batchNormGradDevice", &Addon::FusedBackward),
+        InstanceMethod("batchNormGradDeviceAsync", &Addon::FusedBackwardAsync),
     });
     register_device_functions(env, exports);
+    // The cuDNN handle lives while any environment does (cuda/cudnn_bn.cu).
+    cudnn::attach_environment();
+    env.AddCleanupHook([] { cudnn::detach_environment(); });
   }
 
  private:
@@ -496,21 +621,66 @@ class Addon : public Napi::Addon<Addon> {
     }
     return arr;
   }
-  // explain(op: 'moments' | 'batchNormalization', backend) -> {backend, reason}
+  // explain(op, backend, onDevice, call?: {shape, axis, epsilon}) -> {backend, reason}
+  // op: 'moments' | 'batchNormalization' | 'fusedBatchNorm' | 'batchNormalizationGrad';
+  // call describes per-channel parameters along `axis` (what the cuDNN path needs).
   Napi::Value Explain(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     const std::string op = info[0].IsString() ? info[0].As<Napi::String>().Utf8Value() : "";
-    if (op != "moments" && op != "batchNormalization")
-      type_error(env, "explain: op must be 'moments' or 'batchNormalization'");
+    Op which;
+    if (op == "moments") which = Op::kMoments;
+    else if (op == "batchNormalization") which = Op::kBatchNorm;
+    else if (op == "fusedBatchNorm") which = Op::kFusedForward;
+    else if (op == "batchNormalizationGrad") which = Op::kFusedBackward;
+    else type_error(env, "explain: op must be 'moments', 'batchNormalization', 'fusedBatchNorm' or 'batchNormalizationGrad'");
     Backend b;
     std::string why;
     const Memory data = info.Length() > 2 && info[2].ToBoolean() ? Memory::kDevice : Memory::kHost;  // onDevice
-    Status s = select_backend(op == "moments" ? Op::kMoments : Op::kBatchNorm, get_backend(info, 1), &b, &why, data);
+    // The training ops of host data run on the CPU (lib/training.ts); only DeviceTensors reach select_fused.
+    if (data == Memory::kHost && (which == Op::kFusedForward || which == Op::kFusedBackward)) which = Op::kTraining;
+    CallInfo call;
+    const bool has_call = info.Length() > 3 && info[3].IsObject();
+    if (has_call) {
+      Napi::Object c = info[3].As<Napi::Object>();
+      Napi::Value sh = c.Get("shape"), ax = c.Get("axis"), ep = c.Get("epsilon");
+      if (!sh.IsArray() || !ax.IsNumber() || !ep.IsNumber())
+        type_error(env, "explain: call must be {shape: number[], axis: number, epsilon: number}");
+      Napi::Array arr = sh.As<Napi::Array>();
+      for (uint32_t k = 0; k < arr.Length() && k < 64; ++k)
+        call.shape.push_back(arr.Get(k).IsNumber() ? static_cast<int64_t>(arr.Get(k).As<Napi::Number>().DoubleValue()) : 0);
+      call.channel_axis = ax.As<Napi::Number>().Int32Value();
+      call.epsilon = ep.As<Napi::Number>().DoubleValue();
+    }
+    Status s = select_backend(which, get_backend(info, 1), &b, &why, data, has_call ? &call : nullptr);
     if (!s.ok()) throw_status(env, s);
     Napi::Object o = Napi::Object::New(env);
     o.Set("backend", backend_name(b));
     o.Set("reason", why);
     return o;
+  }
+  // cudnnProbe(path?) -> {loaded, version, path, reason}: the loader run afresh (no GPU needed).
+  Napi::Value CudnnProbe(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    std::string path;
+    if (info.Length() > 0 && !info[0].IsUndefined() && !info[0].IsNull()) {
+      if (!info[0].IsString()) type_error(env, "cudnnProbe: path must be a string");
+      path = info[0].As<Napi::String>().Utf8Value();
+    }
+    const cudnn::LoadInfo r = cudnn::probe(path);
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("loaded", r.loaded);
+    o.Set("version", r.version);
+    o.Set("path", r.path);
+    o.Set("reason", r.loaded ? env.Null() : Napi::String::New(env, r.reason));
+    return o;
+  }
+  Napi::Value FusedForward(const Napi::CallbackInfo& info) { return RunSync(info, parse_fused_forward(info)); }
+  Napi::Value FusedForwardAsync(const Napi::CallbackInfo& info) {
+    return OpWork<FusedForwardCall>::Start(info.Env(), parse_fused_forward(info));
+  }
+  Napi::Value FusedBackward(const Napi::CallbackInfo& info) { return RunSync(info, parse_fused_backward(info)); }
+  Napi::Value FusedBackwardAsync(const Napi::CallbackInfo& info) {
+    return OpWork<FusedBackwardCall>::Start(info.Env(), parse_fused_backward(info));
   }
   Napi::Value SetNumThreads(const Napi::CallbackInfo& info) {
     const double n = info[0].IsNumber() ? info[0].As<Napi::Number>().DoubleValue() : 0;

@@ -1,6 +1,10 @@
 #include "backend.h"
 
+#include <cstdlib>
+#include <limits>
+
 #include "../cuda/cuda_backend.h"
+#include "../cuda/cudnn_backend.h"
 
 namespace bn {
 
@@ -24,7 +28,7 @@ std::string cuda_unavailable_reason() {
 std::string cudnn_unavailable_reason() {
   const std::string cuda = cuda_unavailable_reason();
   if (!cuda.empty()) return "needs the CUDA backend: " + cuda;
-  return "the cuDNN path is not part of this version";
+  return cudnn::library().loaded ? "" : cudnn::library().reason;
 }
 
 std::string unavailable_reason(Backend b) {
@@ -36,7 +40,138 @@ std::string unavailable_reason(Backend b) {
   return "unknown backend";
 }
 
+// ---- the cuDNN path (issue 5) -------------------------------------------------------
+
+// BATCHNORM_PREFER_CUDNN: "1" = 'auto' also picks cudnn for inference, "0" = 'auto'
+// never picks cudnn; unset = cudnn for the training ops (no fused GPU kernels of ours),
+// our kernels for inference — until scripts/gpu-check.sh's benchmark decides the default.
+enum class Prefer { kDefault, kYes, kNo };
+Prefer prefer_cudnn() {
+  static const Prefer p = [] {
+    const char* e = std::getenv("BATCHNORM_PREFER_CUDNN");
+    if (e && std::string(e) == "1") return Prefer::kYes;
+    if (e && std::string(e) == "0") return Prefer::kNo;
+    return Prefer::kDefault;
+  }();
+  return p;
+}
+
+const char* op_name(Op op) {
+  switch (op) {
+    case Op::kMoments: return "moments";
+    case Op::kBatchNorm: return "batchNormalization";
+    case Op::kTraining: return "batchNormalizationGrad";
+    case Op::kFusedForward: return "fusedBatchNorm";
+    case Op::kFusedBackward: return "batchNormalizationGrad";
+  }
+  return "?";
+}
+
+// Whether the cuDNN path can run a call: "" when every condition holds, else the first
+// one that fails — one condition per line, as PyTorch's _select_batch_norm_backend
+// (aten/src/ATen/native/Normalization.cpp), whose size limits are taken over.
+std::string cudnn_rejects(Op op, const CallInfo* c, Memory data, bool automatic) {
+  const bool training = op == Op::kFusedForward || op == Op::kFusedBackward;
+  const std::string lib = cudnn_unavailable_reason();
+  if (!lib.empty()) return lib;
+  if (automatic && data != Memory::kDevice) return "inputs are host Float32Arrays";
+  if (op != Op::kBatchNorm && !training) return std::string("cuDNN has no routine for ") + op_name(op);
+  if (!c) return "the call's shapes are not known (explain without options.shape)";
+  const size_t rank = c->shape.size();
+  if (rank != 4 && rank != 5) return "x has rank " + std::to_string(rank) + "; cuDNN batch norm takes rank 4 or 5";
+  if (c->channel_axis != 1 && c->channel_axis != static_cast<int>(rank) - 1)
+    return "the parameters are not per-channel vectors of axis 1 (NCHW) or the last axis (NHWC)";
+  if (!c->same_shape) return "x is broadcast to the output shape";
+  if (!(c->epsilon >= cudnn::min_epsilon())) return "epsilon is below CUDNN_BN_MIN_EPSILON";
+  const int64_t n = numel(c->shape);
+  if (n == 0) return "x is empty";
+  if (n >= std::numeric_limits<int32_t>::max()) return "x has 2^31 - 1 elements or more (cuDNN's 32-bit indexing)";
+  if (training && c->shape[0] > 880801) return "batch size above 880801 (cuDNN's limit in training)";
+  if (!training && c->shape[0] > 65535) return "batch size above 65535 (cuDNN's limit in inference)";
+  if (op == Op::kFusedForward && n / c->shape[static_cast<size_t>(c->channel_axis)] < 2)
+    return "fewer than 2 values per channel (the unbiased variance divides by n - 1)";
+  return "";
+}
+
+// fusedBatchNorm (training) and batchNormalizationGrad on DeviceTensors.
+Status select_fused(Op op, int requested, Backend* chosen, std::string* why, Memory data, const CallInfo* call) {
+  const std::string fn = op_name(op);
+  const bool forward = op == Op::kFusedForward;
+  if (requested >= 0) {
+    const Backend b = static_cast<Backend>(requested);
+    const std::string r = unavailable_reason(b);
+    if (!r.empty())
+      return Status::Error(Code::kBackendUnavailable, fn + ": backend '" + backend_name(b) + "' is unavailable: " + r);
+    if (b == Backend::kCpu)
+      return Status::Error(Code::kUnsupported, fn + ": backend 'cpu' cannot read DeviceTensor inputs; download() them "
+                                                    "first or use backend 'cuda' or 'cudnn'");
+    if (b == Backend::kCuda) {
+      if (!forward)
+        return Status::Error(Code::kUnsupported, fn + ": backend 'cuda' has no backward kernels in this version; "
+                                                      "DeviceTensor gradients run on 'cudnn'");
+      *chosen = b;
+      *why = "requested 'cuda'";
+      return Status::Ok();
+    }
+    const std::string no = cudnn_rejects(op, call, data, false);
+    if (!no.empty()) return Status::Error(Code::kUnsupported, fn + ": backend 'cudnn' cannot run this call: " + no);
+    *chosen = b;
+    *why = "requested 'cudnn'";
+    return Status::Ok();
+  }
+  const std::string cuda = unavailable_reason(Backend::kCuda);
+  if (!cuda.empty())
+    return Status::Error(Code::kBackendUnavailable,
+                         fn + ": inputs are DeviceTensors but backend 'cuda' is unavailable: " + cuda);
+  std::string no = cudnn_rejects(op, call, data, true);
+  if (no.empty() && prefer_cudnn() != Prefer::kNo) {
+    *chosen = Backend::kCudnn;
+    *why = forward ? "auto: 'cudnn' (per-channel DeviceTensors: statistics, normalization and running update in one "
+                     "cuDNN call)"
+                   : "auto: 'cudnn' (per-channel DeviceTensors: the only GPU backward pass in this version)";
+    return Status::Ok();
+  }
+  if (no.empty()) no = "BATCHNORM_PREFER_CUDNN=0";
+  if (forward) {
+    *chosen = Backend::kCuda;
+    *why = "auto: 'cuda' (our moments and batchNormalization kernels; cudnn: " + no + ")";
+    return Status::Ok();
+  }
+  return Status::Error(Code::kUnsupported, fn + ": DeviceTensor inputs need backend 'cudnn' (the only GPU backward "
+                                                "pass in this version), which cannot run this call: " + no);
+}
+
+// The one non-broadcast axis of a parameter's shape aligned right against x, or -1.
+int vector_axis(const Shape& p, const Shape& x) {
+  if (p.size() > x.size()) return -1;
+  const size_t off = x.size() - p.size();
+  int axis = -1;
+  for (size_t i = 0; i < p.size(); ++i) {
+    const int64_t xd = x[off + i];
+    if (p[i] == 1) continue;  // broadcast (or an extent-1 axis of x)
+    if (p[i] != xd || axis >= 0) return -1;
+    axis = static_cast<int>(off + i);
+  }
+  return axis;
+}
+
 }  // namespace
+
+CallInfo batch_norm_call_info(const BatchNormArgs& a) {
+  CallInfo c;
+  c.shape = a.x.shape;
+  c.epsilon = a.epsilon;
+  c.same_shape = a.x.shape == a.out_shape;
+  int axis = -1;
+  for (const Operand* p : {&a.mean, &a.variance, &a.offset, &a.scale}) {
+    if (!p->data) continue;  // absent offset / scale (0 / 1)
+    const int k = vector_axis(p->shape, c.shape);
+    if (k < 0 || (axis >= 0 && k != axis)) return c;
+    axis = k;
+  }
+  c.channel_axis = axis;
+  return c;
+}
 
 std::vector<BackendInfo> backend_infos() {
   std::vector<BackendInfo> v;
@@ -47,7 +182,8 @@ std::vector<BackendInfo> backend_infos() {
   return v;
 }
 
-Status select_backend(Op op, int requested, Backend* chosen, std::string* why, Memory data) {
+Status select_backend(Op op, int requested, Backend* chosen, std::string* why, Memory data, const CallInfo* call) {
+  if (op == Op::kFusedForward || op == Op::kFusedBackward) return select_fused(op, requested, chosen, why, data, call);
   // Every available backend supports both forward ops; op names the caller.
   const char* fn = op == Op::kMoments ? "moments" : op == Op::kBatchNorm ? "batchNormalization" : "batchNormalizationGrad";
   if (op == Op::kTraining) {
@@ -73,6 +209,14 @@ Status select_backend(Op op, int requested, Backend* chosen, std::string* why, M
       return Status::Error(Code::kUnsupported, std::string(fn) +
                                                    ": backend 'cpu' cannot read DeviceTensor inputs; "
                                                    "download() them first or use backend 'cuda'");
+    // cuDNN: batchNormalization with per-channel parameters only (no moments routine).
+    // (explain without a call shape: the op itself re-checks in run_batch_norm)
+    if (b == Backend::kCudnn && op != Op::kTraining && (call || op == Op::kMoments)) {
+      const std::string no = cudnn_rejects(op, call, data, false);
+      if (!no.empty())
+        return Status::Error(Code::kUnsupported, std::string(fn) + ": backend 'cudnn' cannot run this call: " + no +
+                                                     (op == Op::kMoments ? "; use 'cuda'" : "; use 'cuda' or 'auto'"));
+    }
     *chosen = b;
     *why = std::string("requested '") + backend_name(b) + "'";
     return Status::Ok();
@@ -86,8 +230,20 @@ Status select_backend(Op op, int requested, Backend* chosen, std::string* why, M
       return Status::Error(Code::kBackendUnavailable, std::string(fn) +
                                                           ": inputs are DeviceTensors but backend 'cuda' is unavailable: " +
                                                           cuda);
+    // cuDNN for inference only when asked: our kernel runs near copy bandwidth, and
+    // gpu-check's benchmark (cudnn rows) decides whether the default changes.
+    const std::string no = op == Op::kBatchNorm ? cudnn_rejects(op, call, data, true) : cudnn;
+    if (op == Op::kBatchNorm && no.empty() && prefer_cudnn() == Prefer::kYes) {
+      *chosen = Backend::kCudnn;
+      *why = "auto: 'cudnn' (per-channel DeviceTensors and BATCHNORM_PREFER_CUDNN=1)";
+      return Status::Ok();
+    }
     *chosen = Backend::kCuda;
-    *why = "auto: 'cuda' (inputs are DeviceTensors in GPU memory; cudnn: " + cudnn + ")";
+    *why = "auto: 'cuda' (inputs are DeviceTensors in GPU memory; cudnn: " +
+           (no.empty() ? std::string("could run this call, but our kernels are the default for inference "
+                                     "(BATCHNORM_PREFER_CUDNN=1 picks cudnn)")
+                       : no) +
+           ")";
     return Status::Ok();
   }
   *chosen = Backend::kCpu;
@@ -127,6 +283,13 @@ Status run_batch_norm(Backend b, const BatchNormArgs& a) {
       a.variance.mem == Memory::kHost && a.offset.mem == Memory::kHost && a.scale.mem == Memory::kHost)
     return cpu_batch_norm(a);
   if (b == Backend::kCuda && unavailable_reason(b).empty()) return cuda::batch_norm(a);
+  if (b == Backend::kCudnn && unavailable_reason(b).empty()) {
+    const CallInfo c = batch_norm_call_info(a);
+    const std::string no = cudnn_rejects(Op::kBatchNorm, &c, a.x.mem, false);
+    if (!no.empty())
+      return Status::Error(Code::kUnsupported, "batchNormalization: backend 'cudnn' cannot run this call: " + no);
+    return cudnn::batch_norm_inference(a, c.channel_axis);
+  }
   return Status::Error(Code::kBackendUnavailable, std::string("batchNormalization: backend '") +
                                                       backend_name(b) + "' is unavailable: " +
                                                       unavailable_reason(b));

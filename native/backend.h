@@ -15,12 +15,30 @@ struct BackendInfo {
 
 std::vector<BackendInfo> backend_infos();
 
-enum class Op { kMoments, kBatchNorm, kTraining };
+enum class Op { kMoments, kBatchNorm, kTraining, kFusedForward, kFusedBackward };
+// kTraining: the backward kernels on host data (channelGradSums/Apply, CPU only).
+// kFusedForward / kFusedBackward: fusedBatchNorm's training forward and
+// batchNormalizationGrad on DeviceTensors (the cuDNN path; issue 5).
+
+// What select_backend needs to know about a call to judge whether cuDNN can run it.
+struct CallInfo {
+  Shape shape;            // of x
+  int channel_axis = -1;  // the per-channel parameters' axis; -1 = not per-channel vectors
+  double epsilon = 0;
+  bool same_shape = true; // y has x's shape (x is not broadcast)
+};
+
+// The channel axis of batchNormalization's parameters when each present one is a vector
+// of C along the same axis of x (shape [C] aligned right, or a keepDims-style shape),
+// else -1.
+CallInfo batch_norm_call_info(const BatchNormArgs& a);
 
 // requested: -1 = auto, else a Backend value. On success *chosen is the backend and
 // *why says why it was picked (for 'auto') — the `explain` text. data: where the
 // inputs live; 'auto' runs where the data is (DeviceTensors -> cuda, host -> cpu).
-Status select_backend(Op op, int requested, Backend* chosen, std::string* why, Memory data = Memory::kHost);
+// call: the call's shape (needed to consider cuDNN; nullptr = unknown, cuDNN not chosen).
+Status select_backend(Op op, int requested, Backend* chosen, std::string* why, Memory data = Memory::kHost,
+                      const CallInfo* call = nullptr);
 
 Status run_moments(Backend b, const MomentsArgs& a);
 Status run_batch_norm(Backend b, const BatchNormArgs& a);

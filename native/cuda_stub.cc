@@ -1,6 +1,7 @@
 // Stands in for cuda/*.cu when the build found no nvcc: the CUDA backends then report
 // why they are unavailable through the same dispatch that carries them otherwise.
 #include "../cuda/cuda_backend.h"
+#include "../cuda/cudnn_backend.h"
 
 namespace bn {
 namespace cuda {
@@ -45,4 +46,31 @@ Status time_copy(size_t, int, int, std::vector<double>*) { return unavailable("d
 Status time_read(size_t, int, int, std::vector<double>*) { return unavailable("deviceTimeOp"); }
 
 }  // namespace cuda
+
+// ---- cuDNN stand-ins (cuda/cudnn_bn.cu is compiled only with nvcc) -------------------
+namespace cudnn {
+namespace {
+LoadInfo not_compiled() {
+  LoadInfo i;
+  i.reason = "built without CUDA (nvcc was not found when the addon was compiled)";
+  return i;
+}
+Status unavailable(const char* op) {
+  return Status::Error(Code::kBackendUnavailable, std::string(op) + ": backend 'cudnn' is unavailable: " + not_compiled().reason);
+}
+}  // namespace
+
+const LoadInfo& library() {
+  static const LoadInfo info = not_compiled();
+  return info;
+}
+LoadInfo probe(const std::string&) { return not_compiled(); }
+double min_epsilon() { return 0.0; }
+Status batch_norm_inference(const BatchNormArgs&, int) { return unavailable("batchNormalization"); }
+Status fused_forward(const FusedForwardArgs&) { return unavailable("fusedBatchNorm"); }
+Status backward(const BackwardArgs&) { return unavailable("batchNormalizationGrad"); }
+void attach_environment() {}
+void detach_environment() {}
+}  // namespace cudnn
+
 }  // namespace bn

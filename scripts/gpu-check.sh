@@ -23,6 +23,27 @@ else
 fi
 "$NODE" dist/lib/cli.js info | tee "$OUT/info.txt" || status=1
 
+# cuDNN (issue 5): use BATCHNORM_CUDNN_PATH when set; else, when libcudnn.so.9 is not on
+# the default search path, look where pip installs it (PyTorch's nvidia-cudnn-cu* wheel),
+# then anywhere on the disk. Without it, the cudnn tests skip (BATCHNORM_REQUIRE_CUDNN=0)
+# and the report says so.
+PY="${PYTHON:-python3}"
+echo "== cuDNN"
+if [ -z "${BATCHNORM_CUDNN_PATH:-}" ] && ! ldconfig -p 2>/dev/null | grep -q 'libcudnn\.so\.9 '; then
+  d=$("$PY" -c "import nvidia.cudnn, os; print(os.path.join(list(nvidia.cudnn.__path__)[0], 'lib'))" 2>/dev/null || true)
+  if [ -n "$d" ] && [ -e "$d/libcudnn.so.9" ]; then
+    export BATCHNORM_CUDNN_PATH="$d"
+  else
+    f=$(find / -xdev -name 'libcudnn.so.9*' -not -path '/proc/*' 2>/dev/null | head -1)
+    [ -n "$f" ] && export BATCHNORM_CUDNN_PATH="$(dirname "$f")"
+  fi
+fi
+"$NODE" -e "const b=require('./dist/lib/index.js'); const c=b.backends().find((x)=>x.name==='cudnn'); console.log('BATCHNORM_CUDNN_PATH=${BATCHNORM_CUDNN_PATH:-}', JSON.stringify(b.cudnnProbe()), 'backend:', JSON.stringify(c))" | tee "$OUT/cudnn.txt"
+if ! grep -q '"available":true' "$OUT/cudnn.txt"; then
+  echo "cuDNN unavailable: its tests skip (BATCHNORM_REQUIRE_CUDNN=0)" | tee -a "$OUT/cudnn.txt"
+  export BATCHNORM_REQUIRE_CUDNN=0
+fi
+
 echo "== tests (BATCHNORM_REQUIRE_GPU=1)"
 BATCHNORM_REQUIRE_GPU=1 timeout 900 "$NODE" node_modules/mocha/bin/mocha.js 2>&1 | tee "$OUT/tests.txt"
 test_rc=${PIPESTATUS[0]}
@@ -32,7 +53,6 @@ echo "== benchmark (bench/gpu.js)"
 timeout 600 "$NODE" bench/gpu.js 2>&1 | tee "$OUT/bench.txt"
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 
-PY="${PYTHON:-python3}"
 if command -v "$PY" >/dev/null 2>&1 && "$PY" -c "import torch; assert torch.cuda.is_available()" >/dev/null 2>&1; then
   echo "== PyTorch comparison (bench/torch_compare.py)"
   timeout 600 "$PY" bench/torch_compare.py 2>&1 | tee "$OUT/torch.txt" || status=1
@@ -70,6 +90,19 @@ if (gpu) {
   L.push('', miss.length ? `Targets missed: ${miss.join('; ')}` : 'All targets met.');
 }
 if (!torch) L.push('', 'PyTorch comparison: not run (no torch with CUDA).');
+// cuDNN rows (issue 5): they decide BATCHNORM_PREFER_CUDNN's default for inference.
+L.push('', `cuDNN: ${(read('cudnn.txt') || 'not checked').trim().split('\n').join(' / ')}`);
+if (gpu) {
+  L.push('', '| workload | cudnn inference ms | cuda inference ms | cudnn train fwd ms | cuda train fwd ms | cudnn backward ms | torch train ms | torch eval ms |', '|---|---|---|---|---|---|---|---|');
+  for (const r of gpu.results) {
+    const c = r.cudnn || {};
+    const t = torch ? torch.results.find((q) => q.workload === r.workload) : null;
+    const f = (v) => (typeof v === 'number' ? v.toFixed(3) : '-');
+    if (!c.inference) { L.push(`| ${r.workload} | ${c.skipped || c.error || '-'} | | | | | ${t ? f(t.batch_norm_train_ms) : '-'} | ${t ? f(t.batch_norm_eval_ms) : '-'} |`); continue; }
+    L.push(`| ${r.workload} | ${f(c.inference.cudnnMs)} | ${f(c.inference.cudaMs)} | ${f(c.trainingForward.cudnnMs)} | ${f(c.trainingForward.cudaMs)} | ${f(c.backward.cudnnMs)} | ${t ? f(t.batch_norm_train_ms) : '-'} | ${t ? f(t.batch_norm_eval_ms) : '-'} |`);
+  }
+  L.push('', 'cudnn/cuda rows: wall clock over back-to-back calls + one synchronize (not CUDA events). If cudnn inference beats cuda on W1-W3, make BATCHNORM_PREFER_CUDNN=1 the default (native/backend.cc prefer_cudnn).');
+}
 console.log(L.join('\n'));
 JS
 cat "$REPORT"

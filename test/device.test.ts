@@ -39,11 +39,10 @@ describe('DeviceTensor and CUDA dispatch (any machine)', () => {
       e instanceof BackendError && e.code === 'ERR_UNSUPPORTED' && /cannot read DeviceTensor/.test(e.message));
   });
 
-  it('cudnn still reports that it is not part of this version', function () {
+  it('cudnn is available or says why (the loader\'s reason; test/cudnn.test.ts has the rest)', function () {
     if (!cuda.available) this.skip();
     const c = backends().find((b) => b.name === 'cudnn')!;
-    assert.equal(c.available, false);
-    assert.match(c.reason!, /the cuDNN path is not part of this version/);
+    if (!c.available) assert.match(c.reason!, /libcudnn|symbol|too old/);
   });
 
   it('without CUDA: upload and backend cuda fail with ERR_BACKEND_UNAVAILABLE and the reason', function () {
