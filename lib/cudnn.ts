@@ -8,7 +8,7 @@ import { native } from './binding';
 import { backendCode, type BackendChoice } from './backend';
 import { BackendError, withCallerStack } from './errors';
 import { DeviceTensor } from './device';
-import { checkTensor, describe, product, type Tensor } from './tensor';
+import { checkEpsilon, checkOptions, checkTensor, describe, product, type Tensor } from './tensor';
 
 /** Outcome of the cuDNN loader run afresh: diagnostics only (needs no GPU). */
 export interface CudnnProbe {
@@ -156,16 +156,10 @@ interface FusedDevicePlan {
 
 function planFusedDevice(fn: string, x: DeviceTensor, options: unknown): FusedDevicePlan {
   x.handle(fn, 'x');
-  if (options !== undefined && (options === null || typeof options !== 'object')) {
-    throw new TypeError(`${fn}: options must be an object, got ${describe(options)}`);
-  }
-  const o = (options ?? {}) as FusedOptions;
+  const o = checkOptions<FusedOptions>(fn, options);
   if (o.out !== undefined) throw new TypeError(`${fn}: options.out is not supported with DeviceTensor inputs`);
   const l = layout(fn, x.shape, o.dataFormat, o.axis);
-  const eps = o.epsilon ?? 1e-3;
-  if (typeof eps !== 'number' || !Number.isFinite(eps) || eps < 0) {
-    throw new RangeError(`${fn}: options.epsilon must be a finite number >= 0, got ${describe(eps)}`);
-  }
+  const eps = checkEpsilon(fn, 'options.epsilon', o.epsilon ?? 1e-3);
   const f = o.exponentialAvgFactor ?? 1;
   if (typeof f !== 'number' || !(f >= 0 && f <= 1)) {
     throw new RangeError(`${fn}: options.exponentialAvgFactor must be a number in [0, 1], got ${describe(f)}`);
@@ -294,10 +288,7 @@ function runGradDevice(
   if (dy.shape.join(',') !== x.shape.join(',')) {
     throw new RangeError(`${fn}: dy has shape [${dy.shape.join(', ')}] but x has [${x.shape.join(', ')}]`);
   }
-  if (options !== undefined && (options === null || typeof options !== 'object')) {
-    throw new TypeError(`${fn}: options must be an object, got ${describe(options)}`);
-  }
-  const o = (options ?? {}) as GradOptions;
+  const o = checkOptions<GradOptions>(fn, options);
   if (o.out !== undefined) throw new TypeError(`${fn}: options.out is not supported with DeviceTensor inputs`);
   const l = layout(fn, x.shape, o.dataFormat, o.axis);
   const training = o.isTraining ?? true;
@@ -305,10 +296,7 @@ function runGradDevice(
   if (!training) {
     throw new BackendError(`${fn}: isTraining false is not supported for DeviceTensor inputs in this version; download() them`, 'ERR_UNSUPPORTED');
   }
-  const eps = o.epsilon ?? 1e-3;
-  if (typeof eps !== 'number' || !Number.isFinite(eps) || eps < 0) {
-    throw new RangeError(`${fn}: options.epsilon must be a finite number >= 0, got ${describe(eps)}`);
-  }
+  const eps = checkEpsilon(fn, 'options.epsilon', o.epsilon ?? 1e-3);
   if (!saved || typeof saved !== 'object') {
     throw new TypeError(`${fn}: saved must be {mean, invStd} (fusedBatchNorm's savedMean / savedInvStd), got ${describe(saved)}`);
   }

@@ -7,7 +7,7 @@ import { native } from './binding';
 import { backendCode, type BackendChoice } from './backend';
 import { withCallerStack } from './errors';
 import {
-  broadcastShapes, checkParam, checkShape, checkTensor, describe, normalizeAxes, product,
+  broadcastShapes, checkEpsilon, checkOptions, checkParam, checkShape, checkTensor, describe, normalizeAxes, product,
   type Tensor,
 } from './tensor';
 
@@ -126,10 +126,7 @@ interface DeviceMomentsOptions {
 
 function planDeviceMoments(fn: string, x: DeviceTensor, axes: unknown, options: unknown) {
   const xh = x.handle(fn, 'x');
-  if (options !== undefined && (options === null || typeof options !== 'object')) {
-    throw new TypeError(`${fn}: options must be an object, got ${describe(options)}`);
-  }
-  const o = (options ?? {}) as DeviceMomentsOptions;
+  const o = checkOptions<DeviceMomentsOptions>(fn, options);
   if (o.out !== undefined) throw new TypeError(`${fn}: options.out is not supported with DeviceTensor inputs`);
   const shape = x.shape.slice();
   const ax = normalizeAxes(fn, axes, shape.length);
@@ -196,16 +193,8 @@ function planDeviceBatchNorm(
   const v = param(fn, 'variance', variance);
   const off = offset === null || offset === undefined ? null : param(fn, 'offset', offset);
   const sc = scale === null || scale === undefined ? null : param(fn, 'scale', scale);
-  if (typeof varianceEpsilon !== 'number') {
-    throw new TypeError(`${fn}: varianceEpsilon must be a number, got ${describe(varianceEpsilon)}`);
-  }
-  if (!Number.isFinite(varianceEpsilon) || varianceEpsilon < 0) {
-    throw new RangeError(`${fn}: varianceEpsilon must be a finite number >= 0, got ${varianceEpsilon}`);
-  }
-  if (options !== undefined && (options === null || typeof options !== 'object')) {
-    throw new TypeError(`${fn}: options must be an object, got ${describe(options)}`);
-  }
-  const o = (options ?? {}) as { backend?: BackendChoice; out?: unknown };
+  const eps = checkEpsilon(fn, 'varianceEpsilon', varianceEpsilon);
+  const o = checkOptions<{ backend?: BackendChoice; out?: unknown }>(fn, options);
   if (o.out !== undefined) throw new TypeError(`${fn}: options.out is not supported with DeviceTensor inputs`);
   const operands = [{ name: 'x', shape: x.shape }, { name: 'mean', shape: m.shape }, { name: 'variance', shape: v.shape }];
   if (off) operands.push({ name: 'offset', shape: off.shape });
@@ -216,7 +205,7 @@ function planDeviceBatchNorm(
   const args: Parameters<typeof native.batchNormalization> = [
     xh, x.shape.slice(), m.data, m.shape, v.data, v.shape,
     off ? off.data : null, off ? off.shape : [], sc ? sc.data : null, sc ? sc.shape : [],
-    varianceEpsilon, y.handle(fn), outShape, backend,
+    eps, y.handle(fn), outShape, backend,
   ];
   return { args, y };
 }

@@ -8,7 +8,7 @@ import {
   type DeviceMoments,
 } from './device';
 import {
-  broadcastShapes, checkOut, checkParam, checkTensor, describe, fmtShape, normalizeAxes,
+  broadcastShapes, checkEpsilon, checkOptions, checkOut, checkParam, checkTensor, describe, fmtShape, normalizeAxes,
   overlaps, product, sameMemory, type ParamLike, type Tensor,
 } from './tensor';
 
@@ -51,10 +51,7 @@ interface MomentsPlan {
 
 function planMoments(fn: string, x: unknown, axes: unknown, options: unknown): MomentsPlan {
   const t = checkTensor(fn, 'x', x);
-  if (options !== undefined && (options === null || typeof options !== 'object')) {
-    throw new TypeError(`${fn}: options must be an object, got ${describe(options)}`);
-  }
-  const o = (options ?? {}) as MomentsOptions;
+  const o = checkOptions<MomentsOptions>(fn, options);
   const ax = normalizeAxes(fn, axes, t.shape.length);
   const keepDims = o.keepDims ?? false;
   if (typeof keepDims !== 'boolean') {
@@ -140,16 +137,8 @@ function planBatchNorm(
   const v = checkParam(fn, 'variance', variance);
   const off = offset === null || offset === undefined ? null : checkParam(fn, 'offset', offset);
   const sc = scale === null || scale === undefined ? null : checkParam(fn, 'scale', scale);
-  if (typeof varianceEpsilon !== 'number') {
-    throw new TypeError(`${fn}: varianceEpsilon must be a number, got ${describe(varianceEpsilon)}`);
-  }
-  if (!Number.isFinite(varianceEpsilon) || varianceEpsilon < 0) {
-    throw new RangeError(`${fn}: varianceEpsilon must be a finite number >= 0, got ${varianceEpsilon}`);
-  }
-  if (options !== undefined && (options === null || typeof options !== 'object')) {
-    throw new TypeError(`${fn}: options must be an object, got ${describe(options)}`);
-  }
-  const o = (options ?? {}) as BatchNormOptions;
+  const eps = checkEpsilon(fn, 'varianceEpsilon', varianceEpsilon);
+  const o = checkOptions<BatchNormOptions>(fn, options);
   const operands = [{ name: 'x', shape: xt.shape }, { name: 'mean', shape: m.shape }, { name: 'variance', shape: v.shape }];
   if (off) operands.push({ name: 'offset', shape: off.shape });
   if (sc) operands.push({ name: 'scale', shape: sc.shape });
@@ -173,7 +162,7 @@ function planBatchNorm(
     args: [
       xt.data, xt.shape, m.data, m.shape, v.data, v.shape,
       off ? off.data : null, off ? off.shape : [], sc ? sc.data : null, sc ? sc.shape : [],
-      varianceEpsilon, out, outShape, backendCode(fn, o.backend),
+      eps, out, outShape, backendCode(fn, o.backend),
     ],
     out,
     outShape,

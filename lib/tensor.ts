@@ -179,6 +179,21 @@ export function sameMemory(a: ArrayBufferView, b: ArrayBufferView): boolean {
   return a.buffer === b.buffer && a.byteOffset === b.byteOffset && a.byteLength === b.byteLength;
 }
 
+/** `options` of a public function: undefined or an object; returns it (or {}). */
+export function checkOptions<T extends object>(fn: string, options: unknown): T {
+  if (options !== undefined && (options === null || typeof options !== 'object')) {
+    throw new TypeError(`${fn}: options must be an object, got ${describe(options)}`);
+  }
+  return (options ?? {}) as T;
+}
+
+/** An ε: a finite number >= 0 (TypeError for a non-number, RangeError for NaN, ∞, < 0). */
+export function checkEpsilon(fn: string, name: string, eps: unknown): number {
+  if (typeof eps !== 'number') throw new TypeError(`${fn}: ${name} must be a number, got ${describe(eps)}`);
+  if (!Number.isFinite(eps) || eps < 0) throw new RangeError(`${fn}: ${name} must be a finite number >= 0, got ${eps}`);
+  return eps;
+}
+
 /** Validates an `out` Float32Array of a given length. */
 export function checkOut(fn: string, name: string, out: unknown, length: number): Float32Array {
   if (!(out instanceof Float32Array)) {

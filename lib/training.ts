@@ -9,7 +9,7 @@ import {
   type DeviceBatchNormGrads, type DeviceFusedBatchNormResult,
 } from './cudnn';
 import { DeviceTensor } from './device';
-import { checkShape, checkTensor, describe, fmtShape, normalizeAxes, product, type Tensor } from './tensor';
+import { checkEpsilon, checkOptions, checkShape, checkTensor, describe, fmtShape, normalizeAxes, product, type Tensor } from './tensor';
 
 // ---- sufficient statistics --------------------------------------------------------
 
@@ -199,15 +199,9 @@ interface FusedPlan {
 
 function planFused(fn: string, x: unknown, scale: unknown, offset: unknown, options: unknown): FusedPlan {
   const t = checkTensor(fn, 'x', x);
-  if (options !== undefined && (options === null || typeof options !== 'object')) {
-    throw new TypeError(`${fn}: options must be an object, got ${describe(options)}`);
-  }
-  const o = (options ?? {}) as FusedBatchNormOptions;
+  const o = checkOptions<FusedBatchNormOptions>(fn, options);
   const view = channelView(fn, t.shape, o.dataFormat, o.axis);
-  const eps = o.epsilon ?? 1e-3;
-  if (typeof eps !== 'number' || !Number.isFinite(eps) || eps < 0) {
-    throw new RangeError(`${fn}: options.epsilon must be a finite number >= 0, got ${describe(eps)}`);
-  }
+  const eps = checkEpsilon(fn, 'options.epsilon', o.epsilon ?? 1e-3);
   const f = o.exponentialAvgFactor ?? 1;
   if (typeof f !== 'number' || !(f >= 0 && f <= 1)) {
     throw new RangeError(`${fn}: options.exponentialAvgFactor must be a number in [0, 1], got ${describe(f)}`);
@@ -378,10 +372,7 @@ function planGrad(fn: string, dy: unknown, x: unknown, scale: unknown, saved: un
   if (fmtShape(dyt.shape) !== fmtShape(xt.shape)) {
     throw new RangeError(`${fn}: dy has shape ${fmtShape(dyt.shape)} but x has ${fmtShape(xt.shape)}`);
   }
-  if (options !== undefined && (options === null || typeof options !== 'object')) {
-    throw new TypeError(`${fn}: options must be an object, got ${describe(options)}`);
-  }
-  const o = (options ?? {}) as BatchNormGradOptions;
+  const o = checkOptions<BatchNormGradOptions>(fn, options);
   const view = channelView(fn, xt.shape, o.dataFormat, o.axis);
   if (!saved || typeof saved !== 'object') {
     throw new TypeError(`${fn}: saved must be {mean, invStd} (fusedBatchNorm's savedMean / savedInvStd), got ${describe(saved)}`);
