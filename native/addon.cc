@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "../cuda/cuda_backend.h"
+#include "async_work.h"
 #include "../cuda/cudnn_backend.h"
 #include "backend.h"
 #include "device_binding.h"
@@ -141,21 +142,35 @@ int get_backend(const Napi::CallbackInfo& info, size_t i) {
   return b;
 }
 
-// Everything a call needs, gathered on the JS thread; run() is safe off it.
-struct MomentsCall {
-  MomentsArgs args;
+// Everything a call needs, gathered on the JS thread; run() is safe off it. The async
+// twin (AsyncCall) also waits for queued GPU work and resolves with the backend's name.
+template <typename Self>
+struct OpCall {
   Backend backend = Backend::kCpu;
-  std::vector<Napi::Value> keep;  // JS values to keep alive during async work
+  std::vector<Napi::Value> keep;            // JS values to keep alive during async work
   std::vector<std::shared_ptr<void>> hold;  // device blocks of DeviceTensor arguments
+
+  Status run_async() const {
+    Status s = static_cast<const Self&>(*this).run();
+    // GPU work is only queued by run(); the promise settles when it has finished.
+    if (s.ok() && (backend == Backend::kCuda || backend == Backend::kCudnn)) s = cuda::synchronize("async op");
+    return s;
+  }
+  napi_value result(napi_env env) const {
+    napi_value v = nullptr;
+    napi_create_string_utf8(env, backend_name(backend), NAPI_AUTO_LENGTH, &v);
+    return v;
+  }
+};
+
+struct MomentsCall : OpCall<MomentsCall> {
+  MomentsArgs args;
 
   Status run() const { return run_moments(backend, args); }
 };
 
-struct BatchNormCall {
+struct BatchNormCall : OpCall<BatchNormCall> {
   BatchNormArgs args;
-  Backend backend = Backend::kCpu;
-  std::vector<Napi::Value> keep;
-  std::vector<std::shared_ptr<void>> hold;  // device blocks of DeviceTensor arguments
 
   Status run() const {
     if (backend == Backend::kCpu && args.y != args.x.data)
@@ -277,21 +292,17 @@ BatchNormCall parse_batch_norm(const Napi::CallbackInfo& info) {
 }
 
 // Backward pass of per-channel batch normalization (two kernels; see cpu_training.cc).
-struct GradSumsCall {
+struct GradSumsCall : OpCall<GradSumsCall> {
   ChannelGradArgs args;
   double* sum_dy = nullptr;
   double* sum_dy_xmu = nullptr;
-  Backend backend = Backend::kCpu;
-  std::vector<Napi::Value> keep;
   Status run() const { return run_channel_grad_sums(backend, args, sum_dy, sum_dy_xmu); }
 };
 
-struct GradApplyCall {
+struct GradApplyCall : OpCall<GradApplyCall> {
   ChannelGradArgs args;
   const double *g = nullptr, *a = nullptr, *b = nullptr;
   float* dx = nullptr;
-  Backend backend = Backend::kCpu;
-  std::vector<Napi::Value> keep;
   Status run() const { return run_channel_grad_apply(backend, args, g, a, b, dx); }
 };
 
@@ -383,19 +394,15 @@ float* get_device_f32(const Napi::CallbackInfo& info, size_t i, const char* fn, 
   return a.data;
 }
 
-struct FusedForwardCall {
+struct FusedForwardCall : OpCall<FusedForwardCall> {
   cudnn::FusedForwardArgs args;
-  Backend backend = Backend::kCudnn;
-  std::vector<Napi::Value> keep;
-  std::vector<std::shared_ptr<void>> hold;
+  FusedForwardCall() { backend = Backend::kCudnn; }
   Status run() const { return cudnn::fused_forward(args); }
 };
 
-struct FusedBackwardCall {
+struct FusedBackwardCall : OpCall<FusedBackwardCall> {
   cudnn::BackwardArgs args;
-  Backend backend = Backend::kCudnn;
-  std::vector<Napi::Value> keep;
-  std::vector<std::shared_ptr<void>> hold;
+  FusedBackwardCall() { backend = Backend::kCudnn; }
   Status run() const { return cudnn::backward(args); }
 };
 
@@ -466,81 +473,6 @@ FusedBackwardCall parse_fused_backward(const Napi::CallbackInfo& info) {
   return c;
 }
 
-// Async work on raw napi_async_work rather than Napi::AsyncWorker: when a worker_thread
-// is terminated with work in flight, its completion runs in an environment that refuses
-// every N-API call, and Napi::AsyncWorker then throws a C++ exception from a place where
-// nothing can catch it (std::terminate). Here every status is checked and a refusing
-// environment just means "clean up and return".
-template <typename Call>
-class OpWork {
- public:
-  // Queues the call; returns its promise. Throws (on the JS thread) if queuing fails.
-  static Napi::Value Start(Napi::Env env, Call call) {
-    std::unique_ptr<OpWork> w(new OpWork(std::move(call)));
-    napi_value promise, name;
-    NAPI_THROW_IF_FAILED(env, napi_create_promise(env, &w->deferred_, &promise), Napi::Value());
-    // Inputs and outputs stay referenced (not collected) until the promise settles.
-    Napi::Array keep = Napi::Array::New(env, w->call_.keep.size());
-    for (size_t i = 0; i < w->call_.keep.size(); ++i) keep.Set(static_cast<uint32_t>(i), w->call_.keep[i]);
-    w->call_.keep.clear();
-    NAPI_THROW_IF_FAILED(env, napi_create_reference(env, keep, 1, &w->keep_), Napi::Value());
-    NAPI_THROW_IF_FAILED(env, napi_create_string_utf8(env, "batchnorm", NAPI_AUTO_LENGTH, &name), Napi::Value());
-    NAPI_THROW_IF_FAILED(env, napi_create_async_work(env, nullptr, name, Execute, Complete, w.get(), &w->work_),
-                         Napi::Value());
-    if (napi_queue_async_work(env, w->work_) != napi_ok) {
-      w->Release(env);
-      NAPI_THROW(Napi::Error::New(env, "batchnorm: could not queue async work"), Napi::Value());
-    }
-    w.release();  // owned by the queue until Complete
-    return Napi::Value(env, promise);
-  }
-
- private:
-  explicit OpWork(Call call) : call_(std::move(call)) {}
-
-  static void Execute(napi_env, void* data) {
-    auto* w = static_cast<OpWork*>(data);
-    w->status_ = w->call_.run();
-    // GPU work is only queued by run(); the promise settles when it has finished.
-    if (w->status_.ok() && (w->call_.backend == Backend::kCuda || w->call_.backend == Backend::kCudnn))
-      w->status_ = cuda::synchronize("async op");
-  }
-
-  static void Complete(napi_env env, napi_status status, void* data) {
-    std::unique_ptr<OpWork> w(static_cast<OpWork*>(data));
-    napi_handle_scope scope;
-    if (napi_open_handle_scope(env, &scope) != napi_ok) return;  // environment shutting down
-    try {
-      napi_value v = nullptr;
-      if (status == napi_cancelled) {
-        v = make_error(env, Status::Error(Code::kUnsupported, "batchnorm: async work was cancelled"));
-        napi_reject_deferred(env, w->deferred_, v);
-      } else if (w->status_.ok()) {
-        if (napi_create_string_utf8(env, backend_name(w->call_.backend), NAPI_AUTO_LENGTH, &v) == napi_ok)
-          napi_resolve_deferred(env, w->deferred_, v);
-      } else {
-        napi_reject_deferred(env, w->deferred_, make_error(env, w->status_));
-      }
-    } catch (const Napi::Error&) {
-      // The environment refused to build the result (termination): nothing to settle.
-    }
-    w->Release(env);
-    napi_close_handle_scope(env, scope);
-  }
-
-  void Release(napi_env env) {
-    if (keep_) napi_delete_reference(env, keep_);
-    if (work_) napi_delete_async_work(env, work_);
-    keep_ = nullptr;
-    work_ = nullptr;
-  }
-
-  Call call_;
-  Status status_;
-  napi_deferred deferred_ = nullptr;
-  napi_ref keep_ = nullptr;
-  napi_async_work work_ = nullptr;
-};
 
 class Addon : public Napi::Addon<Addon> {
  public:
@@ -583,7 +515,7 @@ class Addon : public Napi::Addon<Addon> {
     return Napi::String::New(info.Env(), backend_name(c.backend));
   }
   Napi::Value MomentsAsync(const Napi::CallbackInfo& info) {
-    return OpWork<MomentsCall>::Start(info.Env(), parse_moments(info));
+    return AsyncCall<MomentsCall>::Start(info.Env(), parse_moments(info));
   }
   Napi::Value BatchNorm(const Napi::CallbackInfo& info) {
     BatchNormCall c = parse_batch_norm(info);
@@ -592,7 +524,7 @@ class Addon : public Napi::Addon<Addon> {
     return Napi::String::New(info.Env(), backend_name(c.backend));
   }
   Napi::Value BatchNormAsync(const Napi::CallbackInfo& info) {
-    return OpWork<BatchNormCall>::Start(info.Env(), parse_batch_norm(info));
+    return AsyncCall<BatchNormCall>::Start(info.Env(), parse_batch_norm(info));
   }
   template <typename Call>
   static Napi::Value RunSync(const Napi::CallbackInfo& info, Call c) {
@@ -602,11 +534,11 @@ class Addon : public Napi::Addon<Addon> {
   }
   Napi::Value GradSums(const Napi::CallbackInfo& info) { return RunSync(info, parse_grad_sums(info)); }
   Napi::Value GradSumsAsync(const Napi::CallbackInfo& info) {
-    return OpWork<GradSumsCall>::Start(info.Env(), parse_grad_sums(info));
+    return AsyncCall<GradSumsCall>::Start(info.Env(), parse_grad_sums(info));
   }
   Napi::Value GradApply(const Napi::CallbackInfo& info) { return RunSync(info, parse_grad_apply(info)); }
   Napi::Value GradApplyAsync(const Napi::CallbackInfo& info) {
-    return OpWork<GradApplyCall>::Start(info.Env(), parse_grad_apply(info));
+    return AsyncCall<GradApplyCall>::Start(info.Env(), parse_grad_apply(info));
   }
   Napi::Value Backends(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
@@ -676,11 +608,11 @@ class Addon : public Napi::Addon<Addon> {
   }
   Napi::Value FusedForward(const Napi::CallbackInfo& info) { return RunSync(info, parse_fused_forward(info)); }
   Napi::Value FusedForwardAsync(const Napi::CallbackInfo& info) {
-    return OpWork<FusedForwardCall>::Start(info.Env(), parse_fused_forward(info));
+    return AsyncCall<FusedForwardCall>::Start(info.Env(), parse_fused_forward(info));
   }
   Napi::Value FusedBackward(const Napi::CallbackInfo& info) { return RunSync(info, parse_fused_backward(info)); }
   Napi::Value FusedBackwardAsync(const Napi::CallbackInfo& info) {
-    return OpWork<FusedBackwardCall>::Start(info.Env(), parse_fused_backward(info));
+    return AsyncCall<FusedBackwardCall>::Start(info.Env(), parse_fused_backward(info));
   }
   Napi::Value SetNumThreads(const Napi::CallbackInfo& info) {
     const double n = info[0].IsNumber() ? info[0].As<Napi::Number>().DoubleValue() : 0;

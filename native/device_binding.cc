@@ -5,6 +5,8 @@
 // not before every async op that holds it has finished.
 #include "device_binding.h"
 
+#include "async_work.h"
+
 #include <cmath>
 #include <mutex>
 #include <string>
@@ -127,68 +129,21 @@ Napi::Value Download(const Napi::CallbackInfo& info) {
 }
 
 // deviceDownloadAsync: the copy (and the wait for the GPU work before it) runs on a
-// libuv worker thread; raw napi_async_work for the same reason as addon.cc's OpWork.
-class DownloadWork {
- public:
-  static Napi::Value Start(Napi::Env env, std::shared_ptr<DeviceBlock> block, float* dst, size_t length,
-                           Napi::Value keep) {
-    std::unique_ptr<DownloadWork> w(new DownloadWork);
-    w->block_ = std::move(block);
-    w->dst_ = dst;
-    w->length_ = length;
-    napi_value promise, name;
-    NAPI_THROW_IF_FAILED(env, napi_create_promise(env, &w->deferred_, &promise), Napi::Value());
-    NAPI_THROW_IF_FAILED(env, napi_create_reference(env, keep, 1, &w->keep_), Napi::Value());
-    NAPI_THROW_IF_FAILED(env, napi_create_string_utf8(env, "batchnorm.download", NAPI_AUTO_LENGTH, &name),
-                         Napi::Value());
-    NAPI_THROW_IF_FAILED(env, napi_create_async_work(env, nullptr, name, Execute, Complete, w.get(), &w->work_),
-                         Napi::Value());
-    if (napi_queue_async_work(env, w->work_) != napi_ok) {
-      w->Release(env);
-      NAPI_THROW(Napi::Error::New(env, "batchnorm: could not queue async work"), Napi::Value());
-    }
-    w.release();
-    return Napi::Value(env, promise);
-  }
+// libuv worker thread (AsyncCall, as the async ops).
+struct DownloadCall {
+  std::shared_ptr<DeviceBlock> block;  // alive even if the tensor is disposed meanwhile
+  float* dst = nullptr;
+  size_t length = 0;
+  std::vector<Napi::Value> keep;
 
- private:
-  static void Execute(napi_env, void* data) {
-    auto* w = static_cast<DownloadWork*>(data);
-    w->status_ = cuda::copy_to_host(w->dst_, w->block_->p, w->length_ * sizeof(float), "DeviceTensor.downloadAsync");
+  Status run_async() const {
+    return cuda::copy_to_host(dst, block->p, length * sizeof(float), "DeviceTensor.downloadAsync");
   }
-  static void Complete(napi_env env, napi_status status, void* data) {
-    std::unique_ptr<DownloadWork> w(static_cast<DownloadWork*>(data));
-    napi_handle_scope scope;
-    if (napi_open_handle_scope(env, &scope) != napi_ok) return;
-    try {
-      if (status == napi_cancelled) {
-        napi_reject_deferred(env, w->deferred_,
-                             status_error(env, Status::Error(Code::kUnsupported, "batchnorm: async work was cancelled")));
-      } else if (w->status_.ok()) {
-        napi_value u;
-        if (napi_get_undefined(env, &u) == napi_ok) napi_resolve_deferred(env, w->deferred_, u);
-      } else {
-        napi_reject_deferred(env, w->deferred_, status_error(env, w->status_));
-      }
-    } catch (const Napi::Error&) {
-    }
-    w->Release(env);
-    napi_close_handle_scope(env, scope);
+  napi_value result(napi_env env) const {
+    napi_value u = nullptr;
+    napi_get_undefined(env, &u);
+    return u;
   }
-  void Release(napi_env env) {
-    if (keep_) napi_delete_reference(env, keep_);
-    if (work_) napi_delete_async_work(env, work_);
-    keep_ = nullptr;
-    work_ = nullptr;
-  }
-
-  std::shared_ptr<DeviceBlock> block_;
-  float* dst_ = nullptr;
-  size_t length_ = 0;
-  Status status_;
-  napi_deferred deferred_ = nullptr;
-  napi_ref keep_ = nullptr;
-  napi_async_work work_ = nullptr;
 };
 
 Napi::Value DownloadAsync(const Napi::CallbackInfo& info) {
@@ -198,10 +153,12 @@ Napi::Value DownloadAsync(const Napi::CallbackInfo& info) {
   Napi::Float32Array out = get_f32(info, 1, fn, "out");
   if (out.ElementLength() != h->length)
     range_error(env, std::string(fn) + ": out must have " + std::to_string(h->length) + " elements");
-  Napi::Array keep = Napi::Array::New(env, 2);
-  keep.Set(0u, info[0]);
-  keep.Set(1u, out);
-  return DownloadWork::Start(env, h->block, out.Data(), h->length, keep);
+  DownloadCall c;
+  c.block = h->block;
+  c.dst = out.Data();
+  c.length = h->length;
+  c.keep = {info[0], out};
+  return AsyncCall<DownloadCall>::Start(env, std::move(c));
 }
 
 // deviceDispose(handle): idempotent; in-flight async ops keep their share of the block.
