@@ -1,4 +1,7 @@
 // A batch-normalization layer with explicit training conventions.
+import { backends } from './backend';
+import { DeviceTensor } from './device';
+import { BackendError } from './errors';
 import { batchNormalization } from './ops';
 import { describe, fmtShape, product, type Tensor } from './tensor';
 import { batchNormalizationGrad, fusedBatchNorm } from './training';
@@ -71,10 +74,16 @@ export interface BatchNormalizationState {
 }
 
 interface Cache {
-  x: Tensor;
-  mean: Float32Array;
-  invStd: Float32Array;
+  x: Tensor | DeviceTensor;
+  mean: Float32Array | DeviceTensor;
+  invStd: Float32Array | DeviceTensor;
   training: boolean;
+}
+
+/** Frees the DeviceTensors a cache holds (the saved statistics of a device forward). */
+function releaseCache(c: Cache | null): void {
+  if (c?.mean instanceof DeviceTensor) c.mean.dispose();
+  if (c?.invStd instanceof DeviceTensor) c.invStd.dispose();
 }
 
 function checkSpec(fn: string, s: ConventionSpec): void {
@@ -115,6 +124,7 @@ export class BatchNormalization {
   private steps = 0;
   private lastCount: number | null = null;
   private cache: Cache | null = null;
+  private onDevice = false;
 
   constructor(options: BatchNormalizationOptions = {}) {
     const fn = 'BatchNormalization';
@@ -161,7 +171,7 @@ export class BatchNormalization {
     }
   }
 
-  private channelAxis(fn: string, x: Tensor): number {
+  private channelAxis(fn: string, x: { shape: readonly number[] }): number {
     const rank = x.shape.length;
     if (rank < 2) throw new RangeError(`${fn}: x must have rank >= 2, got shape ${fmtShape(x.shape)}`);
     const ax = this.axis < 0 ? this.axis + rank : this.axis;
@@ -173,25 +183,75 @@ export class BatchNormalization {
   }
 
   /**
-   * Training: normalizes with the batch statistics and updates the running ones.
-   * Inference: normalizes with the running statistics.
+   * Keeps the layer's work on the GPU: forward() and backward() then take and return
+   * DeviceTensors (cuDNN's fused training forward and backward where it applies, our CUDA
+   * kernels otherwise). gamma, beta and the running statistics stay host arrays of C
+   * numbers, so state(), parameters() and optimizers work unchanged; each training step
+   * downloads the 3·C batch statistics to update them. Throws BackendError
+   * (ERR_BACKEND_UNAVAILABLE, with the reason) when the CUDA backend is unavailable.
    */
-  forward(x: Tensor, options: { training?: boolean } = {}): Tensor {
+  toDevice(): this {
+    const cuda = backends().find((b) => b.name === 'cuda');
+    if (!cuda?.available) {
+      throw new BackendError(`BatchNormalization.toDevice: backend 'cuda' is unavailable: ${cuda?.reason ?? 'unknown'}`, 'ERR_BACKEND_UNAVAILABLE');
+    }
+    this.onDevice = true;
+    return this;
+  }
+
+  /** Back to host tensors (the default). */
+  toHost(): this {
+    this.onDevice = false;
+    return this;
+  }
+
+  /** True after toDevice(). */
+  get isOnDevice(): boolean {
+    return this.onDevice;
+  }
+
+  /**
+   * Training: normalizes with the batch statistics and updates the running ones.
+   * Inference: normalizes with the running statistics. After toDevice(), x and the
+   * result are DeviceTensors.
+   */
+  forward(x: DeviceTensor, options?: { training?: boolean }): DeviceTensor;
+  forward(x: Tensor, options?: { training?: boolean }): Tensor;
+  forward(x: Tensor | DeviceTensor, options: { training?: boolean } = {}): Tensor | DeviceTensor {
     const fn = 'BatchNormalization.forward';
     const training = options.training ?? false;
     if (typeof training !== 'boolean') throw new TypeError(`${fn}: options.training must be a boolean, got ${describe(training)}`);
+    if ((x instanceof DeviceTensor) !== this.onDevice) {
+      throw new TypeError(this.onDevice
+        ? `${fn}: the layer is on the device (toDevice()); x must be a DeviceTensor, got ${describe(x)}`
+        : `${fn}: x is a DeviceTensor; call toDevice() on the layer first`);
+    }
     const ax = this.channelAxis(fn, x);
     const eps = this.spec.epsilon;
+    const ps = x.shape.slice(ax).map((d, i) => (i === 0 ? d : 1));
     if (!training) {
-      const ps = x.shape.slice(ax).map((d, i) => (i === 0 ? d : 1));
-      const y = batchNormalization(x, { data: this.runMean!, shape: ps }, { data: this.runVar!, shape: ps },
-        this.beta ? { data: this.beta, shape: ps } : null, this.gamma ? { data: this.gamma, shape: ps } : null, eps);
+      const params = [{ data: this.runMean!, shape: ps }, { data: this.runVar!, shape: ps },
+        this.beta ? { data: this.beta, shape: ps } : null, this.gamma ? { data: this.gamma, shape: ps } : null] as const;
+      const y = x instanceof DeviceTensor ? batchNormalization(x, ...params, eps) : batchNormalization(x, ...params, eps);
+      releaseCache(this.cache);
       this.cache = { x, mean: this.runMean!.slice(), invStd: Float32Array.from(this.runVar!, (v) => 1 / Math.sqrt(v + eps)), training: false };
       return y;
     }
     const n = product(x.shape) / this.C!;
     if (n <= 1) {
       throw new RangeError(`${fn}: training needs more than 1 value per channel, got x of shape ${fmtShape(x.shape)} (as PyTorch)`);
+    }
+    releaseCache(this.cache);
+    this.cache = null;
+    if (x instanceof DeviceTensor) {
+      const r = fusedBatchNorm(x, this.gamma, this.beta, { axis: ax, epsilon: eps, isTraining: true });
+      // Only the C-element statistics come back to the host, for the running update.
+      const biased = this.spec.runningVariance === 'biased';
+      this.updateRunning(r.batchMean.download(), (biased ? r.batchVarianceBiased : r.batchVariance).download());
+      for (const t of [r.batchMean, r.batchVariance, r.batchVarianceBiased, r.runningMean, r.runningVariance]) t.dispose();
+      this.lastCount = n;
+      this.cache = { x, mean: r.savedMean, invStd: r.savedInvStd, training: true };
+      return r.y;
     }
     const r = fusedBatchNorm(x, this.gamma, this.beta, { axis: ax, epsilon: eps, isTraining: true });
     this.updateRunning(r.batchMean.data, this.spec.runningVariance === 'biased' ? r.batchVarianceBiased.data : r.batchVariance.data);
@@ -230,15 +290,35 @@ export class BatchNormalization {
    * After a training forward the batch statistics depend on x (training-mode gradient);
    * after an inference forward they are constants.
    */
-  backward(dy: Tensor): Tensor {
+  backward(dy: DeviceTensor): DeviceTensor;
+  backward(dy: Tensor): Tensor;
+  backward(dy: Tensor | DeviceTensor): Tensor | DeviceTensor {
     const fn = 'BatchNormalization.backward';
     const c = this.cache;
     if (!c) throw new RangeError(`${fn}: no forward pass to differentiate; call forward first`);
-    const g = batchNormalizationGrad(dy, c.x, this.gamma, { mean: c.mean, invStd: c.invStd },
+    const saved = { mean: c.mean, invStd: c.invStd };
+    if (c.x instanceof DeviceTensor) {
+      if (!(dy instanceof DeviceTensor)) throw new TypeError(`${fn}: the forward ran on the device; dy must be a DeviceTensor`);
+      if (!c.training) {
+        throw new BackendError(`${fn}: the gradient of an inference-mode forward is not available on the device in this version; use a host layer`, 'ERR_UNSUPPORTED');
+      }
+      const g = batchNormalizationGrad(dy, c.x, this.gamma, saved as { mean: DeviceTensor; invStd: DeviceTensor },
+        { axis: this.axis, isTraining: true, epsilon: this.spec.epsilon });
+      this.accumulate(g.dscale.download(), g.doffset.download());
+      g.dscale.dispose();
+      g.doffset.dispose();
+      return g.dx;
+    }
+    if (dy instanceof DeviceTensor) throw new TypeError(`${fn}: the forward ran on the host; dy must be a host tensor`);
+    const g = batchNormalizationGrad(dy, c.x, this.gamma, saved as { mean: Float32Array; invStd: Float32Array },
       { axis: this.axis, isTraining: c.training });
-    if (this.dGamma) for (let i = 0; i < this.C!; i++) this.dGamma[i] += g.dscale.data[i];
-    if (this.dBeta) for (let i = 0; i < this.C!; i++) this.dBeta[i] += g.doffset.data[i];
+    this.accumulate(g.dscale.data, g.doffset.data);
     return g.dx;
+  }
+
+  private accumulate(dscale: Float32Array, doffset: Float32Array): void {
+    if (this.dGamma) for (let i = 0; i < this.C!; i++) this.dGamma[i] += dscale[i];
+    if (this.dBeta) for (let i = 0; i < this.C!; i++) this.dBeta[i] += doffset[i];
   }
 
   /** The learnable parameters (live arrays: an optimizer may update them in place). */

@@ -303,7 +303,11 @@ struct GradApplyCall : OpCall<GradApplyCall> {
   ChannelGradArgs args;
   const double *g = nullptr, *a = nullptr, *b = nullptr;
   float* dx = nullptr;
-  Status run() const { return run_channel_grad_apply(backend, args, g, a, b, dx); }
+  Status run() const {
+    if (backend == Backend::kCpu && dx != args.dy && dx != args.x)
+      advise_fresh_output(dx, static_cast<size_t>(args.A * args.C * args.B) * sizeof(float));
+    return run_channel_grad_apply(backend, args, g, a, b, dx);
+  }
 };
 
 // Common part: (dy, x, A, C, B, mean64) at argument positions 0..5.

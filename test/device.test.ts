@@ -258,6 +258,34 @@ describe(cuda.available ? 'DeviceTensor on the GPU' : `DeviceTensor on the GPU â
     [d, m.mean, m.variance, y].forEach((t) => t.dispose());
   });
 
+  it('memoryInfo returns to its starting value after dispose() and after finalizers run', async () => {
+    const gc = (global as { gc?: () => void }).gc;
+    const start = memoryInfo().allocatedBytes;
+    const a = DeviceTensor.upload(tensor(randn(1 << 16, 1), [1 << 16]));
+    const m = moments(a, [0]);
+    assert.ok(memoryInfo().allocatedBytes > start);
+    [a, m.mean, m.variance].forEach((t) => t.dispose());
+    assert.equal(memoryInfo().allocatedBytes, start, 'after dispose');
+    if (gc) {
+      (() => { for (let i = 0; i < 8; i++) DeviceTensor.upload(tensor(randn(1 << 14, i), [1 << 14])); })(); // never disposed
+      for (let k = 0; k < 20 && memoryInfo().allocatedBytes !== start; k++) {
+        gc();
+        await new Promise((r) => setTimeout(r, 10)); // finalizers run after GC, on the event loop
+      }
+      assert.equal(memoryInfo().allocatedBytes, start, 'after the finalizers of forgotten tensors');
+    }
+  });
+
+  it('out of memory is ERR_CUDA_OUT_OF_MEMORY, leaves nothing allocated, and the next call works', () => {
+    const start = memoryInfo().allocatedBytes;
+    assert.throws(() => DeviceTensor.empty([2 ** 40]), (e: unknown) => e instanceof BackendError && e.code === 'ERR_CUDA_OUT_OF_MEMORY');
+    assert.equal(memoryInfo().allocatedBytes, start);
+    const x = DeviceTensor.upload(tensor([1, 2, 3, 4], [4]));
+    const m = moments(x, [0]);
+    assert.equal(m.mean.download()[0], 2.5);
+    [x, m.mean, m.variance].forEach((t) => t.dispose());
+  });
+
   it('the caching allocator reuses freed blocks: no cudaMalloc in a steady loop', () => {
     const shape = [64, 1000];
     const x = DeviceTensor.upload(tensor(randn(product(shape), 13), shape));
