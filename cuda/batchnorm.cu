@@ -16,6 +16,7 @@
 #include <cmath>
 #include <vector>
 
+#include "../native/broadcast.h"
 #include "common.cuh"
 
 namespace bn {
@@ -155,44 +156,17 @@ __global__ void __launch_bounds__(kThreads) bn_elementwise_kernel(Indexer<5> idx
   }
 }
 
-// Strides of an operand broadcast to `out` (as cpu_batchnorm.cc).
-std::vector<int64_t> broadcast_strides(const Shape& shape, const Shape& out) {
-  const size_t r = out.size(), k = shape.size();
-  std::vector<int64_t> st(r, 0);
-  int64_t s = 1;
-  for (size_t i = 0; i < k; ++i) {
-    const size_t d = r - 1 - i;
-    const int64_t ext = shape[k - 1 - i];
-    st[d] = ext == 1 ? 0 : s;
-    s *= ext;
-  }
-  return st;
-}
-
-// Drops extent-1 dims and merges neighbours contiguous for every operand (as the CPU).
+// The CPU's collapsed walk (native/broadcast.h) as a kernel argument.
 template <int K>
-Indexer<K> collapse(const Shape& out, const std::vector<std::vector<int64_t>>& strides) {
-  Indexer<K> d{};
-  d.rank = 0;
-  for (size_t i = 0; i < out.size(); ++i) {
-    if (out[i] == 1) continue;
-    bool merge = d.rank > 0;
-    for (int k = 0; merge && k < K; ++k) merge = d.st[k][d.rank - 1] == strides[k][i] * out[i];
-    if (merge) {
-      d.size[d.rank - 1] *= out[i];
-      for (int k = 0; k < K; ++k) d.st[k][d.rank - 1] = strides[k][i];
-    } else {
-      d.size[d.rank] = out[i];
-      for (int k = 0; k < K; ++k) d.st[k][d.rank] = strides[k][i];
-      ++d.rank;
-    }
+Indexer<K> collapse_indexer(const Shape& out, const std::vector<std::vector<int64_t>>& strides) {
+  const Dims d = collapse(out, strides);
+  Indexer<K> idx{};
+  idx.rank = static_cast<int>(d.size.size());
+  for (int i = 0; i < idx.rank; ++i) {
+    idx.size[i] = d.size[static_cast<size_t>(i)];
+    for (int k = 0; k < K; ++k) idx.st[k][i] = d.st[static_cast<size_t>(k)][static_cast<size_t>(i)];
   }
-  if (d.rank == 0) {
-    d.rank = 1;
-    d.size[0] = 1;
-    for (int k = 0; k < K; ++k) d.st[k][0] = 0;
-  }
-  return d;
+  return idx;
 }
 
 Status launch_batch_norm(const BatchNormArgs& a, const float* x, const float* const p[4], float* y,
@@ -243,7 +217,7 @@ Status launch_batch_norm(const BatchNormArgs& a, const float* x, const float* co
                                                                         to);
       BN_TRY(check_launch(op, "bn_table_fill_kernel"));
     }
-    Indexer<2> d = collapse<2>(out, {xst, tst});
+    Indexer<2> d = collapse_indexer<2>(out, {xst, tst});
     const bool x_dense = numel(a.x.shape) == total;
     int varying = -1, nvary = 0;
     for (int k = 0; k < d.rank; ++k)
@@ -277,7 +251,7 @@ Status launch_batch_norm(const BatchNormArgs& a, const float* x, const float* co
     return Status::Ok();
   }
 
-  Indexer<5> d = collapse<5>(out, {xst, pst[0], pst[1], pst[2], pst[3]});
+  Indexer<5> d = collapse_indexer<5>(out, {xst, pst[0], pst[1], pst[2], pst[3]});
   bn_elementwise_kernel<<<grid_for(total, kThreads), kThreads, 0, st>>>(d, total, x, p[0], p[1], p[2], p[3], eps, y);
   return check_launch(op, "bn_elementwise_kernel");
 }

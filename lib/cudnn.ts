@@ -8,7 +8,7 @@ import { native } from './binding';
 import { backendCode, type BackendChoice } from './backend';
 import { BackendError, withCallerStack } from './errors';
 import { DeviceTensor } from './device';
-import { checkEpsilon, checkOptions, checkTensor, describe, product, type Tensor } from './tensor';
+import { channelView, type ChannelView, checkEpsilon, checkOptions, checkTensor, describe, product, type Tensor } from './tensor';
 
 /** Outcome of the cuDNN loader run afresh: diagnostics only (needs no GPU). */
 export interface CudnnProbe {
@@ -50,37 +50,6 @@ export interface DeviceBatchNormGrads {
 }
 
 type Vec = DeviceTensor | Float32Array | Tensor | number | null | undefined;
-
-interface Layout {
-  shape: number[];
-  axis: number;
-  C: number;
-  /** Elements per channel. */
-  n: number;
-  paramShape: number[];
-  reduceAxes: number[];
-}
-
-function layout(fn: string, shape: readonly number[], dataFormat: unknown, axis: unknown): Layout {
-  const rank = shape.length;
-  if (rank < 2) throw new RangeError(`${fn}: x must have rank >= 2 (batch and channel axes), got rank ${rank}`);
-  let ax: number;
-  if (axis !== undefined) {
-    if (typeof axis !== 'number' || !Number.isInteger(axis)) throw new TypeError(`${fn}: options.axis must be an integer, got ${describe(axis)}`);
-    if (axis < -rank || axis >= rank) throw new RangeError(`${fn}: options.axis = ${axis} is out of range for a tensor of rank ${rank}`);
-    ax = axis < 0 ? axis + rank : axis;
-  } else {
-    const df = dataFormat ?? 'NHWC';
-    if (df !== 'NHWC' && df !== 'NCHW') throw new TypeError(`${fn}: options.dataFormat must be 'NHWC' or 'NCHW', got ${describe(df)}`);
-    ax = df === 'NHWC' ? rank - 1 : 1;
-  }
-  const s = shape.slice();
-  return {
-    shape: s, axis: ax, C: s[ax], n: product(s) / Math.max(s[ax], 1),
-    paramShape: s.slice(ax).map((d, i) => (i === 0 ? d : 1)),
-    reduceAxes: s.map((_, i) => i).filter((i) => i !== ax),
-  };
-}
 
 /** Host copy of a per-channel vector (downloads a DeviceTensor: C floats). */
 function hostVector(fn: string, name: string, v: Vec, C: number, dflt: number | null): Float32Array | null {
@@ -145,7 +114,7 @@ interface FusedOptions {
 
 interface FusedDevicePlan {
   x: DeviceTensor;
-  l: Layout;
+  l: ChannelView;
   eps: number;
   f: number;
   training: boolean;
@@ -158,7 +127,7 @@ function planFusedDevice(fn: string, x: DeviceTensor, options: unknown): FusedDe
   x.handle(fn, 'x');
   const o = checkOptions<FusedOptions>(fn, options);
   if (o.out !== undefined) throw new TypeError(`${fn}: options.out is not supported with DeviceTensor inputs`);
-  const l = layout(fn, x.shape, o.dataFormat, o.axis);
+  const l = channelView(fn, x.shape, o.dataFormat, o.axis);
   const eps = checkEpsilon(fn, 'options.epsilon', o.epsilon ?? 1e-3);
   const f = o.exponentialAvgFactor ?? 1;
   if (typeof f !== 'number' || !(f >= 0 && f <= 1)) {
@@ -290,7 +259,7 @@ function runGradDevice(
   }
   const o = checkOptions<GradOptions>(fn, options);
   if (o.out !== undefined) throw new TypeError(`${fn}: options.out is not supported with DeviceTensor inputs`);
-  const l = layout(fn, x.shape, o.dataFormat, o.axis);
+  const l = channelView(fn, x.shape, o.dataFormat, o.axis);
   const training = o.isTraining ?? true;
   if (typeof training !== 'boolean') throw new TypeError(`${fn}: options.isTraining must be a boolean, got ${describe(training)}`);
   if (!training) {

@@ -204,3 +204,46 @@ export function checkOut(fn: string, name: string, out: unknown, length: number)
   }
   return out;
 }
+
+export type DataFormat = 'NHWC' | 'NCHW';
+
+/** x viewed as [A, C, B] around its channel axis, for the per-channel (training) ops. */
+export interface ChannelView {
+  shape: number[];
+  axis: number;
+  A: number;
+  C: number;
+  B: number;
+  /** Elements per channel (A·B). */
+  n: number;
+  /** Per-channel parameter shape that broadcasts against x (C at `axis`, 1 elsewhere, trailing). */
+  paramShape: number[];
+  reduceAxes: number[];
+}
+
+/**
+ * The channel axis of a rank >= 2 x: options.axis (negative from the end) when given,
+ * else options.dataFormat ('NHWC' = last axis, the default; 'NCHW' = axis 1).
+ */
+export function channelView(fn: string, shape: readonly number[], dataFormat: unknown, axis: unknown): ChannelView {
+  const rank = shape.length;
+  if (rank < 2) throw new RangeError(`${fn}: x must have rank >= 2 (batch and channel axes), got rank ${rank}`);
+  let ax: number;
+  if (axis !== undefined) {
+    if (typeof axis !== 'number' || !Number.isInteger(axis)) throw new TypeError(`${fn}: options.axis must be an integer, got ${describe(axis)}`);
+    if (axis < -rank || axis >= rank) throw new RangeError(`${fn}: options.axis = ${axis} is out of range for a tensor of rank ${rank}`);
+    ax = axis < 0 ? axis + rank : axis;
+  } else {
+    const df = dataFormat ?? 'NHWC';
+    if (df !== 'NHWC' && df !== 'NCHW') throw new TypeError(`${fn}: options.dataFormat must be 'NHWC' or 'NCHW', got ${describe(df)}`);
+    ax = df === 'NHWC' ? rank - 1 : 1;
+  }
+  const s = shape.slice();
+  const A = product(s.slice(0, ax));
+  const B = product(s.slice(ax + 1));
+  return {
+    shape: s, axis: ax, A, C: s[ax], B, n: A * B,
+    paramShape: s.slice(ax).map((d, i) => (i === 0 ? d : 1)),
+    reduceAxes: s.map((_, i) => i).filter((i) => i !== ax),
+  };
+}

@@ -9,7 +9,7 @@ import {
   type DeviceBatchNormGrads, type DeviceFusedBatchNormResult,
 } from './cudnn';
 import { DeviceTensor } from './device';
-import { checkEpsilon, checkOptions, checkShape, checkTensor, describe, fmtShape, normalizeAxes, product, type Tensor } from './tensor';
+import { channelView, type ChannelView, type DataFormat, checkEpsilon, checkOptions, checkShape, checkTensor, describe, fmtShape, normalizeAxes, product, type Tensor } from './tensor';
 
 // ---- sufficient statistics --------------------------------------------------------
 
@@ -94,39 +94,7 @@ export function finalizeMoments(s: SufficientStatistics, options: { correction?:
 
 // ---- channel layout ---------------------------------------------------------------
 
-export type DataFormat = 'NHWC' | 'NCHW';
-
-interface ChannelView {
-  shape: number[];
-  axis: number;
-  A: number;
-  C: number;
-  B: number;
-  /** Per-channel parameter shape that broadcasts against x (C at `axis`, 1 elsewhere, trailing). */
-  paramShape: number[];
-  reduceAxes: number[];
-}
-
-function channelView(fn: string, shape: number[], dataFormat: unknown, axis: unknown): ChannelView {
-  const rank = shape.length;
-  if (rank < 2) throw new RangeError(`${fn}: x must have rank >= 2 (batch and channel axes), got rank ${rank}`);
-  let ax: number;
-  if (axis !== undefined) {
-    if (typeof axis !== 'number' || !Number.isInteger(axis)) throw new TypeError(`${fn}: options.axis must be an integer, got ${describe(axis)}`);
-    if (axis < -rank || axis >= rank) throw new RangeError(`${fn}: options.axis = ${axis} is out of range for a tensor of rank ${rank}`);
-    ax = axis < 0 ? axis + rank : axis;
-  } else {
-    const df = dataFormat ?? 'NHWC';
-    if (df !== 'NHWC' && df !== 'NCHW') throw new TypeError(`${fn}: options.dataFormat must be 'NHWC' or 'NCHW', got ${describe(df)}`);
-    ax = df === 'NHWC' ? rank - 1 : 1;
-  }
-  return {
-    shape, axis: ax,
-    A: product(shape.slice(0, ax)), C: shape[ax], B: product(shape.slice(ax + 1)),
-    paramShape: shape.slice(ax).map((d, i) => (i === 0 ? d : 1)),
-    reduceAxes: shape.map((_, i) => i).filter((i) => i !== ax),
-  };
-}
+export type { DataFormat } from './tensor';
 
 /** A per-channel vector: Float32Array or {data, shape} with C elements, a number, or null (= dflt). */
 function channelVector(fn: string, name: string, v: unknown, C: number, dflt: number | null): Float32Array | null {
