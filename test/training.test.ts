@@ -3,7 +3,7 @@ import {
   BatchNormalization, CONVENTIONS, batchNormalizationGrad, batchNormalizationGradAsync, finalizeMoments,
   fusedBatchNorm, fusedBatchNormAsync, mergeMoments, moments, sufficientStatistics, type Convention, type Tensor,
 } from '../lib/index';
-import { assertClose, product, randn, refMoments, rng, sameBits } from './helpers';
+import { assertClose, product, randn, refMoments, sameBits } from './helpers';
 
 // ---- float64 reference of per-channel batch norm (channel axis `ax`) -------------------
 function channelIndex(shape: number[], ax: number): (i: number) => number {
@@ -14,7 +14,6 @@ function channelIndex(shape: number[], ax: number): (i: number) => number {
 
 function refForward(x: ArrayLike<number>, shape: number[], ax: number, scale: ArrayLike<number>, offset: ArrayLike<number>,
   eps: number, frozen?: { mean: ArrayLike<number>; variance: ArrayLike<number> }): Float64Array {
-  const C = shape[ax];
   const ch = channelIndex(shape, ax);
   let mean: ArrayLike<number>;
   let variance: ArrayLike<number>;
@@ -25,7 +24,6 @@ function refForward(x: ArrayLike<number>, shape: number[], ax: number, scale: Ar
     const c = ch(i);
     y[i] = ((x[i] - mean[c]) / Math.sqrt(variance[c] + eps)) * scale[c] + offset[c];
   }
-  void C;
   return y;
 }
 
@@ -329,5 +327,4 @@ describe('BatchNormalization layer', () => {
     assert.throws(() => new BatchNormalization().backward({ data: new Float32Array(1), shape: [1, 1] }), /no forward pass/);
   });
 
-  void rng;
 });
