@@ -182,15 +182,7 @@ Status launch_batch_norm(const BatchNormArgs& a, const float* x, const float* co
   const double eps = a.epsilon;
 
   int64_t T = 1;
-  std::vector<int64_t> tst(r, 0);
-  for (size_t i = r; i-- > 0;) {
-    bool varies = false;
-    for (int k = 0; k < 4; ++k) varies = varies || pst[k][i] != 0;
-    if (varies) {
-      tst[i] = T;
-      T *= out[i];
-    }
-  }
+  const std::vector<int64_t> tst = table_strides(pst, out, &T);
 
   if (T <= std::max<int64_t>(65536, total / 8)) {
     Scratch table;

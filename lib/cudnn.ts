@@ -8,7 +8,7 @@ import { native } from './binding';
 import { backendCode, type BackendChoice } from './backend';
 import { BackendError, withCallerStack } from './errors';
 import { DeviceTensor } from './device';
-import { channelView, type ChannelView, checkEpsilon, checkOptions, checkTensor, describe, product, type Tensor } from './tensor';
+import { channelView, checkFusedOptions, type ChannelView, checkEpsilon, checkOptions, checkTensor, describe, product, type Tensor } from './tensor';
 
 /** Outcome of the cuDNN loader run afresh: diagnostics only (needs no GPU). */
 export interface CudnnProbe {
@@ -127,14 +127,7 @@ function planFusedDevice(fn: string, x: DeviceTensor, options: unknown): FusedDe
   x.handle(fn, 'x');
   const o = checkOptions<FusedOptions>(fn, options);
   if (o.out !== undefined) throw new TypeError(`${fn}: options.out is not supported with DeviceTensor inputs`);
-  const l = channelView(fn, x.shape, o.dataFormat, o.axis);
-  const eps = checkEpsilon(fn, 'options.epsilon', o.epsilon ?? 1e-3);
-  const f = o.exponentialAvgFactor ?? 1;
-  if (typeof f !== 'number' || !(f >= 0 && f <= 1)) {
-    throw new RangeError(`${fn}: options.exponentialAvgFactor must be a number in [0, 1], got ${describe(f)}`);
-  }
-  const training = o.isTraining ?? true;
-  if (typeof training !== 'boolean') throw new TypeError(`${fn}: options.isTraining must be a boolean, got ${describe(training)}`);
+  const { view: l, eps, f, training } = checkFusedOptions(fn, x.shape, o);
   const code = backendCode(fn, o.backend);
   const chosen = training
     ? native.explain('fusedBatchNorm', code, true, { shape: l.shape, axis: l.axis, epsilon: eps }).backend

@@ -247,3 +247,19 @@ export function channelView(fn: string, shape: readonly number[], dataFormat: un
     reduceAxes: s.map((_, i) => i).filter((i) => i !== ax),
   };
 }
+
+/** The options fusedBatchNorm shares between its host and device paths. */
+export function checkFusedOptions(
+  fn: string, shape: readonly number[],
+  o: { dataFormat?: unknown; axis?: unknown; epsilon?: unknown; exponentialAvgFactor?: unknown; isTraining?: unknown },
+): { view: ChannelView; eps: number; f: number; training: boolean } {
+  const view = channelView(fn, shape, o.dataFormat, o.axis);
+  const eps = checkEpsilon(fn, 'options.epsilon', o.epsilon ?? 1e-3);
+  const f = o.exponentialAvgFactor ?? 1;
+  if (typeof f !== 'number' || !(f >= 0 && f <= 1)) {
+    throw new RangeError(`${fn}: options.exponentialAvgFactor must be a number in [0, 1], got ${describe(f)}`);
+  }
+  const training = o.isTraining ?? true;
+  if (typeof training !== 'boolean') throw new TypeError(`${fn}: options.isTraining must be a boolean, got ${describe(training)}`);
+  return { view, eps, f, training };
+}

@@ -9,7 +9,7 @@ import {
   type DeviceBatchNormGrads, type DeviceFusedBatchNormResult,
 } from './cudnn';
 import { DeviceTensor } from './device';
-import { channelView, type ChannelView, type DataFormat, checkEpsilon, checkOptions, checkShape, checkTensor, describe, fmtShape, normalizeAxes, product, type Tensor } from './tensor';
+import { channelView, checkFusedOptions, type ChannelView, type DataFormat, checkEpsilon, checkOptions, checkShape, checkTensor, describe, fmtShape, normalizeAxes, product, type Tensor } from './tensor';
 
 // ---- sufficient statistics --------------------------------------------------------
 
@@ -168,14 +168,7 @@ interface FusedPlan {
 function planFused(fn: string, x: unknown, scale: unknown, offset: unknown, options: unknown): FusedPlan {
   const t = checkTensor(fn, 'x', x);
   const o = checkOptions<FusedBatchNormOptions>(fn, options);
-  const view = channelView(fn, t.shape, o.dataFormat, o.axis);
-  const eps = checkEpsilon(fn, 'options.epsilon', o.epsilon ?? 1e-3);
-  const f = o.exponentialAvgFactor ?? 1;
-  if (typeof f !== 'number' || !(f >= 0 && f <= 1)) {
-    throw new RangeError(`${fn}: options.exponentialAvgFactor must be a number in [0, 1], got ${describe(f)}`);
-  }
-  const training = o.isTraining ?? true;
-  if (typeof training !== 'boolean') throw new TypeError(`${fn}: options.isTraining must be a boolean, got ${describe(training)}`);
+  const { view, eps, f, training } = checkFusedOptions(fn, t.shape, o);
   const needRunning = !training || f !== 1;
   const runMean = channelVector(fn, 'options.mean', o.mean, view.C, needRunning ? null : 0);
   const runVar = channelVector(fn, 'options.variance', o.variance, view.C, needRunning ? null : 0);

@@ -53,4 +53,21 @@ inline Dims collapse(const Shape& out, const std::vector<std::vector<int64_t>>& 
   return d;
 }
 
+// The output dims along which any parameter varies: row-major strides of a table over
+// them (0 for the others) and its size *T. Parameters are then folded into that table.
+inline std::vector<int64_t> table_strides(const std::vector<std::vector<int64_t>>& param_strides, const Shape& out,
+                                          int64_t* T) {
+  std::vector<int64_t> tst(out.size(), 0);
+  *T = 1;
+  for (size_t i = out.size(); i-- > 0;) {
+    bool varies = false;
+    for (const auto& st : param_strides) varies = varies || st[i] != 0;
+    if (varies) {
+      tst[i] = *T;
+      *T *= out[i];
+    }
+  }
+  return tst;
+}
+
 }  // namespace bn

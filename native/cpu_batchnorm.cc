@@ -92,15 +92,7 @@ Status cpu_batch_norm(const BatchNormArgs& a) {
 
   // Table space: the output dims along which any parameter varies.
   int64_t T = 1;
-  std::vector<int64_t> tst(r, 0);
-  for (size_t i = r; i-- > 0;) {
-    bool varies = false;
-    for (int k = 0; k < 4; ++k) varies = varies || pst[k][i] != 0;
-    if (varies) {
-      tst[i] = T;
-      T *= out[i];
-    }
-  }
+  const std::vector<int64_t> tst = table_strides(pst, out, &T);
   const double eps = a.epsilon;
   const bool in_place = a.y == a.x.data;
 
