@@ -1,8 +1,16 @@
 #!/usr/bin/env node
-// The classic hand-written TensorFlow batch-norm layer — tf.nn.moments for the batch
-// statistics, tf.train.ExponentialMovingAverage(decay=0.9) for the inference ones —
+// The classic hand-written TensorFlow 1.x batch-norm layer,
+//
+//   batch_mean, batch_var = tf.nn.moments(x, [0])
+//   ema = tf.train.ExponentialMovingAverage(decay=0.9)
+//   ema_apply_op = ema.apply([batch_mean, batch_var])
+//   y = tf.nn.batch_normalization(x, mean, var, beta, gamma, 1e-3)
+//       # training: the batch statistics; inference: ema.average(batch_mean / batch_var)
+//
 // as the 'tf-moments-ema' convention of batchnorm's BatchNormalization layer, trained
-// with plain SGD on gamma/beta so that BN(x) fits 2·x̂ + 1 on random data.
+// with plain SGD on gamma/beta so that BN(x) fits 2·x̂ + 1 on random normal data. As in
+// TF 1.x, the moving averages start at 0 (mean and variance) and are not debiased, so
+// they need a few dozen steps (0.9^50 ≈ 0.5%) before inference output is meaningful.
 //
 // Run: node examples/tf-moments-ema.js   (after npm install)
 'use strict';
@@ -47,7 +55,12 @@ for (let step = 1; step <= 300; step++) {
     p.gamma[c] -= lr * g.gamma[c];
     p.beta[c] -= lr * g.beta[c];
   }
-  if (step === 1) first = loss;
+  if (step === 1) {
+    first = loss;
+    const r1 = layer.runningStatistics();
+    console.log(`after step 1: running mean ${Array.from(r1.mean, (v) => v.toFixed(3)).join(' ')} ` +
+      '(0.1 · the batch mean: the averages start at 0, as in TF 1.x)');
+  }
   last = loss;
   if (step === 1 || step % 50 === 0) console.log(`step ${String(step).padStart(3)}  loss ${loss.toFixed(5)}`);
 }

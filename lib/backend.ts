@@ -1,7 +1,11 @@
 // Backend choice: 'auto' (default) or a named backend, globally or per call.
 import type { BackendCode, BackendName, ExplainOp } from '../binding';
 import { native } from './binding';
-import { describe } from './tensor';
+import { checkBoolean, checkEpsilon, checkInteger, checkOneOf, checkOptions, describe, OPTION_KEYS } from './check';
+import { prefixed } from './errors';
+import { checkShape } from './tensor';
+
+const EXPLAIN_OPS: readonly ExplainOp[] = ['moments', 'batchNormalization', 'fusedBatchNorm', 'batchNormalizationGrad'];
 
 export type BackendChoice = 'auto' | BackendName;
 
@@ -47,31 +51,43 @@ export function getBackend(): BackendChoice {
  */
 export function explain(
   op: ExplainOp,
-  options: { backend?: BackendChoice; onDevice?: boolean; shape?: number[]; axis?: number; dataFormat?: 'NHWC' | 'NCHW'; epsilon?: number } = {},
+  options?: { backend?: BackendChoice; onDevice?: boolean; shape?: number[]; axis?: number; dataFormat?: 'NHWC' | 'NCHW'; epsilon?: number },
 ): { backend: BackendName; reason: string } {
+  const fn = 'explain';
+  checkOneOf(fn, 'op', op, EXPLAIN_OPS);
+  const o = checkOptions<NonNullable<typeof options>>(fn, options, OPTION_KEYS.explain);
   // onDevice: the inputs would be DeviceTensors ('auto' runs where the data lives).
+  const onDevice = checkBoolean(fn, 'options.onDevice', o.onDevice, false);
   // shape (+ axis or dataFormat, epsilon): a per-channel call, so the cuDNN path is considered.
   let call: { shape: number[]; axis: number; epsilon: number } | undefined;
-  if (options.shape !== undefined) {
-    if (!Array.isArray(options.shape) || !options.shape.every((d) => Number.isInteger(d) && d >= 0)) {
-      throw new TypeError(`explain: options.shape must be an array of non-negative integers, got ${describe(options.shape)}`);
+  if (o.shape !== undefined) {
+    const shape = checkShape(fn, 'options.shape', o.shape);
+    const rank = shape.length;
+    let axis: number;
+    if (o.axis !== undefined) {
+      axis = checkInteger(fn, 'options.axis', o.axis);
+      if (axis < -rank || axis >= rank) throw new RangeError(`${fn}: options.axis = ${axis} is out of range for rank ${rank}`);
+    } else {
+      axis = checkOneOf(fn, 'options.dataFormat', o.dataFormat, ['NHWC', 'NCHW'] as const, 'NHWC') === 'NHWC' ? rank - 1 : 1;
     }
-    const rank = options.shape.length;
-    const axis = options.axis ?? ((options.dataFormat ?? 'NHWC') === 'NHWC' ? rank - 1 : 1);
-    if (!Number.isInteger(axis) || axis < -rank || axis >= rank) throw new RangeError(`explain: options.axis = ${axis} is out of range for rank ${rank}`);
-    const epsilon = options.epsilon ?? 1e-3;
-    if (typeof epsilon !== 'number' || !(epsilon >= 0)) throw new RangeError(`explain: options.epsilon must be a number >= 0, got ${describe(epsilon)}`);
-    call = { shape: options.shape.slice(), axis: axis < 0 ? axis + rank : axis, epsilon };
+    const epsilon = checkEpsilon(fn, 'options.epsilon', o.epsilon ?? 1e-3);
+    call = { shape, axis: axis < 0 ? axis + rank : axis, epsilon };
+  } else {
+    for (const k of ['axis', 'dataFormat', 'epsilon'] as const) {
+      if (o[k] !== undefined) throw new TypeError(`${fn}: options.${k} describes a call shape; give options.shape with it`);
+    }
   }
-  return native.explain(op, backendCode('explain', options.backend), options.onDevice === true, call);
+  const code = backendCode(fn, o.backend);
+  try {
+    return native.explain(op, code, onDevice, call);
+  } catch (e) {
+    throw prefixed(fn, e);
+  }
 }
 
 /** Threads the CPU backend uses per call (default: BATCHNORM_NUM_THREADS or the core count). */
 export function setNumThreads(n: number): void {
-  if (typeof n !== 'number' || !Number.isInteger(n) || n < 1 || n > 256) {
-    throw new RangeError(`setNumThreads: n must be an integer in [1, 256], got ${describe(n)}`);
-  }
-  native.setNumThreads(n);
+  native.setNumThreads(checkInteger('setNumThreads', 'n', n, { min: 1, max: 256 }));
 }
 
 export function getNumThreads(): number {

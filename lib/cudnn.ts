@@ -8,7 +8,8 @@ import { native } from './binding';
 import { backendCode, type BackendChoice } from './backend';
 import { BackendError, withCallerStack } from './errors';
 import { DeviceTensor } from './device';
-import { channelView, checkFusedOptions, type ChannelView, checkEpsilon, checkOptions, checkTensor, describe, product, type Tensor } from './tensor';
+import { checkBoolean, checkOptions, OPTION_KEYS } from './check';
+import { channelView, checkFusedOptions, type ChannelView, checkEpsilon, checkTensor, describe, product, type Tensor } from './tensor';
 
 /** Outcome of the cuDNN loader run afresh: diagnostics only (needs no GPU). */
 export interface CudnnProbe {
@@ -125,7 +126,7 @@ interface FusedDevicePlan {
 
 function planFusedDevice(fn: string, x: DeviceTensor, options: unknown): FusedDevicePlan {
   x.handle(fn, 'x');
-  const o = checkOptions<FusedOptions>(fn, options);
+  const o = checkOptions<FusedOptions>(fn, options, OPTION_KEYS.fusedBatchNorm);
   if (o.out !== undefined) throw new TypeError(`${fn}: options.out is not supported with DeviceTensor inputs`);
   const { view: l, eps, f, training } = checkFusedOptions(fn, x.shape, o);
   const code = backendCode(fn, o.backend);
@@ -250,11 +251,10 @@ function runGradDevice(
   if (dy.shape.join(',') !== x.shape.join(',')) {
     throw new RangeError(`${fn}: dy has shape [${dy.shape.join(', ')}] but x has [${x.shape.join(', ')}]`);
   }
-  const o = checkOptions<GradOptions>(fn, options);
+  const o = checkOptions<GradOptions>(fn, options, OPTION_KEYS.batchNormalizationGrad);
   if (o.out !== undefined) throw new TypeError(`${fn}: options.out is not supported with DeviceTensor inputs`);
   const l = channelView(fn, x.shape, o.dataFormat, o.axis);
-  const training = o.isTraining ?? true;
-  if (typeof training !== 'boolean') throw new TypeError(`${fn}: options.isTraining must be a boolean, got ${describe(training)}`);
+  const training = checkBoolean(fn, 'options.isTraining', o.isTraining, true);
   if (!training) {
     throw new BackendError(`${fn}: isTraining false is not supported for DeviceTensor inputs in this version; download() them`, 'ERR_UNSUPPORTED');
   }

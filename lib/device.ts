@@ -6,17 +6,24 @@ import type { BackendCode, DeviceHandle, F32OrDevice } from '../binding';
 import { native } from './binding';
 import { backendCode, type BackendChoice } from './backend';
 import { withCallerStack } from './errors';
+import { checkMomentsOptions, checkOptions, OPTION_KEYS } from './check';
 import {
-  broadcastShapes, checkEpsilon, checkOptions, checkParam, checkShape, checkTensor, describe, normalizeAxes, product,
+  broadcastShapes, checkEpsilon, paramOperands, checkParam, checkShape, checkTensor, describe, normalizeAxes, product,
   type Tensor,
 } from './tensor';
+
+// Only this module constructs DeviceTensors: a handle must come from the native allocator.
+const INTERNAL = Symbol('DeviceTensor');
 
 export class DeviceTensor {
   readonly shape: readonly number[];
   readonly length: number;
   #handle: DeviceHandle | null;
 
-  private constructor(handle: DeviceHandle, shape: number[]) {
+  private constructor(token: symbol, handle: DeviceHandle, shape: number[]) {
+    if (token !== INTERNAL) {
+      throw new TypeError('new DeviceTensor: DeviceTensors are made by DeviceTensor.upload(tensor) or DeviceTensor.empty(shape), not by the constructor');
+    }
     this.#handle = handle;
     this.shape = Object.freeze(shape);
     this.length = product(shape);
@@ -25,13 +32,13 @@ export class DeviceTensor {
   /** Copies a host tensor (or a Float32Array, shape [length]) into GPU memory. */
   static upload(t: Tensor | Float32Array): DeviceTensor {
     const { data, shape } = t instanceof Float32Array ? { data: t, shape: [t.length] } : checkTensor('DeviceTensor.upload', 't', t);
-    return new DeviceTensor(native.deviceUpload(data), shape);
+    return new DeviceTensor(INTERNAL, native.deviceUpload(data), shape);
   }
 
   /** A tensor of the given shape with uninitialized contents. */
   static empty(shape: readonly number[]): DeviceTensor {
     const s = checkShape('DeviceTensor.empty', 'shape', shape);
-    return new DeviceTensor(native.deviceAlloc(product(s)), s);
+    return new DeviceTensor(INTERNAL, native.deviceAlloc(product(s)), s);
   }
 
   get disposed(): boolean {
@@ -126,17 +133,11 @@ interface DeviceMomentsOptions {
 
 function planDeviceMoments(fn: string, x: DeviceTensor, axes: unknown, options: unknown) {
   const xh = x.handle(fn, 'x');
-  const o = checkOptions<DeviceMomentsOptions>(fn, options);
+  const o = checkOptions<DeviceMomentsOptions>(fn, options, OPTION_KEYS.moments);
   if (o.out !== undefined) throw new TypeError(`${fn}: options.out is not supported with DeviceTensor inputs`);
   const shape = x.shape.slice();
   const ax = normalizeAxes(fn, axes, shape.length);
-  const keepDims = o.keepDims ?? false;
-  if (typeof keepDims !== 'boolean') throw new TypeError(`${fn}: options.keepDims must be a boolean, got ${describe(keepDims)}`);
-  const correction = o.correction ?? 0;
-  if (typeof correction !== 'number') throw new TypeError(`${fn}: options.correction must be a number, got ${describe(correction)}`);
-  if (!Number.isFinite(correction) || correction < 0) {
-    throw new RangeError(`${fn}: options.correction must be a finite number >= 0, got ${correction}`);
-  }
+  const { keepDims, correction } = checkMomentsOptions(fn, o);
   if (o.shift !== undefined && o.shift !== null && !(o.shift instanceof DeviceTensor)) checkParam(fn, 'options.shift', o.shift);
   const reduced = new Set(ax);
   const outShape = keepDims ? shape.map((d, i) => (reduced.has(i) ? 1 : d)) : shape.filter((_, i) => !reduced.has(i));
@@ -194,12 +195,9 @@ function planDeviceBatchNorm(
   const off = offset === null || offset === undefined ? null : param(fn, 'offset', offset);
   const sc = scale === null || scale === undefined ? null : param(fn, 'scale', scale);
   const eps = checkEpsilon(fn, 'varianceEpsilon', varianceEpsilon);
-  const o = checkOptions<{ backend?: BackendChoice; out?: unknown }>(fn, options);
+  const o = checkOptions<{ backend?: BackendChoice; out?: unknown }>(fn, options, OPTION_KEYS.batchNormalization);
   if (o.out !== undefined) throw new TypeError(`${fn}: options.out is not supported with DeviceTensor inputs`);
-  const operands = [{ name: 'x', shape: x.shape }, { name: 'mean', shape: m.shape }, { name: 'variance', shape: v.shape }];
-  if (off) operands.push({ name: 'offset', shape: off.shape });
-  if (sc) operands.push({ name: 'scale', shape: sc.shape });
-  const outShape = broadcastShapes(fn, operands);
+  const outShape = broadcastShapes(fn, paramOperands(x.shape, m.shape, v.shape, off?.shape, sc?.shape));
   const backend = backendCode(fn, o.backend);
   const y = DeviceTensor.empty(outShape);
   const args: Parameters<typeof native.batchNormalization> = [

@@ -26,3 +26,19 @@ export function withCallerStack(err: unknown, site: Error): unknown {
   }
   return err;
 }
+
+/**
+ * Makes an error raised by an inner call name the public function the caller used
+ * (`BatchNormalization.forward: ...` rather than the op the layer calls inside). Keeps
+ * the class, the code and the stack; only the message's leading name changes.
+ */
+export function prefixed(fn: string, err: unknown): unknown {
+  if (!(err instanceof Error) || err.message.startsWith(`${fn}: `)) return err;
+  const m = /^[A-Za-z_][\w.]*: /.exec(err.message);
+  const message = `${fn}: ${m ? err.message.slice(m[0].length) : err.message}`;
+  if (err.stack?.startsWith(`${err.name}: ${err.message}`)) {
+    err.stack = `${err.name}: ${message}${err.stack.slice(err.name.length + 2 + err.message.length)}`;
+  }
+  err.message = message;
+  return err;
+}

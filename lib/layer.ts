@@ -1,9 +1,10 @@
 // A batch-normalization layer with explicit training conventions.
 import { backends } from './backend';
 import { DeviceTensor } from './device';
-import { BackendError } from './errors';
+import { checkBoolean, checkEpsilon, checkInteger, checkNumber, checkOneOf, checkOptions, OPTION_KEYS } from './check';
+import { BackendError, prefixed } from './errors';
 import { batchNormalization } from './ops';
-import { describe, fmtShape, product, type Tensor } from './tensor';
+import { checkTensor, describe, fmtShape, product, type Tensor } from './tensor';
 import { batchNormalizationGrad, fusedBatchNorm } from './training';
 
 export type Convention = 'keras' | 'tf-fused' | 'pytorch' | 'tf-moments-ema';
@@ -13,8 +14,10 @@ export type Convention = 'keras' | 'tf-fused' | 'pytorch' | 'tf-moments-ema';
  * 'factor': run = (1 − m)·run + m·batch (PyTorch, TF's exponential_avg_factor), with
  * m = null meaning a cumulative average (PyTorch momentum=None). runningVariance says
  * whether the biased batch variance or the unbiased n/(n−1) one is averaged.
- * zeroDebias: TF's ExponentialMovingAverage on tensors — averages start at 0 and are
- * divided by (1 − m^t), as the classic tf.nn.moments + EMA layer does.
+ * initialMean / initialVariance: the running values before the first training step.
+ * zeroDebias: TF's ExponentialMovingAverage(zero_debias=True) — a biased average from 0,
+ * divided by (1 − m^t). TF 1.x's default is zero_debias=False: shadows start at 0 and are
+ * used as they are.
  */
 export interface ConventionSpec {
   momentumKind: 'decay' | 'factor';
@@ -22,14 +25,21 @@ export interface ConventionSpec {
   runningVariance: 'biased' | 'unbiased';
   epsilon: number;
   zeroDebias: boolean;
+  initialMean: number;
+  initialVariance: number;
 }
 
 export const CONVENTIONS: Readonly<Record<Convention, Readonly<ConventionSpec>>> = {
-  keras: { momentumKind: 'decay', momentum: 0.99, runningVariance: 'biased', epsilon: 1e-3, zeroDebias: false },
+  // tf.keras.layers.BatchNormalization: moving_mean_initializer zeros, moving_variance ones.
+  keras: { momentumKind: 'decay', momentum: 0.99, runningVariance: 'biased', epsilon: 1e-3, zeroDebias: false, initialMean: 0, initialVariance: 1 },
   // FusedBatchNormV3 as Keras drives it (fused=True): exponential_avg_factor = 1 − 0.99.
-  'tf-fused': { momentumKind: 'factor', momentum: 0.01, runningVariance: 'unbiased', epsilon: 1e-3, zeroDebias: false },
-  pytorch: { momentumKind: 'factor', momentum: 0.1, runningVariance: 'unbiased', epsilon: 1e-5, zeroDebias: false },
-  'tf-moments-ema': { momentumKind: 'decay', momentum: 0.9, runningVariance: 'biased', epsilon: 1e-3, zeroDebias: true },
+  'tf-fused': { momentumKind: 'factor', momentum: 0.01, runningVariance: 'unbiased', epsilon: 1e-3, zeroDebias: false, initialMean: 0, initialVariance: 1 },
+  // torch.nn.BatchNorm*d: running_mean zeros, running_var ones.
+  pytorch: { momentumKind: 'factor', momentum: 0.1, runningVariance: 'unbiased', epsilon: 1e-5, zeroDebias: false, initialMean: 0, initialVariance: 1 },
+  // The classic TF 1.x layer: ema = tf.train.ExponentialMovingAverage(decay=0.9) applied to
+  // tf.nn.moments' tensors. Shadows of tensors are created as zeros (mean and variance
+  // alike) and, with TF 1.x's default zero_debias=False, never debiased.
+  'tf-moments-ema': { momentumKind: 'decay', momentum: 0.9, runningVariance: 'biased', epsilon: 1e-3, zeroDebias: false, initialMean: 0, initialVariance: 0 },
 };
 
 export interface BatchNormalizationOptions {
@@ -42,7 +52,11 @@ export interface BatchNormalizationOptions {
   momentumKind?: 'decay' | 'factor';
   runningVariance?: 'biased' | 'unbiased';
   epsilon?: number;
+  /** TF's ExponentialMovingAverage(zero_debias=True) ('decay' only; default false). */
   zeroDebias?: boolean;
+  /** Running values before the first training step (default: the preset's). */
+  initialMean?: number;
+  initialVariance?: number;
   /** Learn an offset beta (default true). */
   center?: boolean;
   /** Learn a scale gamma (default true). */
@@ -87,19 +101,18 @@ function releaseCache(c: Cache | null): void {
 }
 
 function checkSpec(fn: string, s: ConventionSpec): void {
-  if (s.momentumKind !== 'decay' && s.momentumKind !== 'factor') {
-    throw new TypeError(`${fn}: momentumKind must be 'decay' or 'factor', got ${describe(s.momentumKind)}`);
+  checkOneOf(fn, 'options.momentumKind', s.momentumKind, ['decay', 'factor'] as const);
+  if (s.momentum === null) {
+    if (s.momentumKind !== 'factor') throw new RangeError(`${fn}: options.momentum null (a cumulative average) needs momentumKind 'factor'`);
+  } else {
+    checkNumber(fn, 'options.momentum', s.momentum, { min: 0, max: 1 });
   }
-  if (s.momentum === null ? s.momentumKind !== 'factor' : !(typeof s.momentum === 'number' && s.momentum >= 0 && s.momentum <= 1)) {
-    throw new RangeError(`${fn}: momentum must be a number in [0, 1] (or null with momentumKind 'factor'), got ${describe(s.momentum)}`);
-  }
-  if (s.runningVariance !== 'biased' && s.runningVariance !== 'unbiased') {
-    throw new TypeError(`${fn}: runningVariance must be 'biased' or 'unbiased', got ${describe(s.runningVariance)}`);
-  }
-  if (typeof s.epsilon !== 'number' || !Number.isFinite(s.epsilon) || s.epsilon < 0) {
-    throw new RangeError(`${fn}: epsilon must be a finite number >= 0, got ${describe(s.epsilon)}`);
-  }
-  if (s.zeroDebias && s.momentumKind !== 'decay') throw new RangeError(`${fn}: zeroDebias needs momentumKind 'decay'`);
+  checkOneOf(fn, 'options.runningVariance', s.runningVariance, ['biased', 'unbiased'] as const);
+  checkEpsilon(fn, 'options.epsilon', s.epsilon);
+  checkBoolean(fn, 'options.zeroDebias', s.zeroDebias, false);
+  if (s.zeroDebias && s.momentumKind !== 'decay') throw new RangeError(`${fn}: options.zeroDebias needs momentumKind 'decay'`);
+  checkNumber(fn, 'options.initialMean', s.initialMean);
+  checkNumber(fn, 'options.initialVariance', s.initialVariance, { min: 0 });
 }
 
 /**
@@ -126,35 +139,28 @@ export class BatchNormalization {
   private cache: Cache | null = null;
   private onDevice = false;
 
-  constructor(options: BatchNormalizationOptions = {}) {
-    const fn = 'BatchNormalization';
-    if (options === null || typeof options !== 'object') throw new TypeError(`${fn}: options must be an object, got ${describe(options)}`);
-    const conv = options.convention ?? 'keras';
-    if (!(conv in CONVENTIONS)) {
-      throw new TypeError(`${fn}: convention must be one of ${Object.keys(CONVENTIONS).map((k) => `'${k}'`).join(', ')}, got ${describe(conv)}`);
-    }
+  constructor(options?: BatchNormalizationOptions) {
+    const fn = 'new BatchNormalization';
+    const o = checkOptions<BatchNormalizationOptions>(fn, options, OPTION_KEYS.layer);
+    const conv = checkOneOf(fn, 'options.convention', o.convention, Object.keys(CONVENTIONS) as Convention[], 'keras');
     const preset = CONVENTIONS[conv];
     const spec: ConventionSpec = {
-      momentumKind: options.momentumKind ?? preset.momentumKind,
-      momentum: options.momentum === undefined ? preset.momentum : options.momentum,
-      runningVariance: options.runningVariance ?? preset.runningVariance,
-      epsilon: options.epsilon ?? preset.epsilon,
-      zeroDebias: options.zeroDebias ?? preset.zeroDebias,
+      momentumKind: o.momentumKind ?? preset.momentumKind,
+      momentum: o.momentum === undefined ? preset.momentum : o.momentum,
+      runningVariance: o.runningVariance ?? preset.runningVariance,
+      epsilon: o.epsilon ?? preset.epsilon,
+      zeroDebias: o.zeroDebias ?? preset.zeroDebias,
+      initialMean: o.initialMean ?? preset.initialMean,
+      initialVariance: o.initialVariance ?? preset.initialVariance,
     };
     checkSpec(fn, spec);
     const custom = (Object.keys(spec) as (keyof ConventionSpec)[]).some((k) => spec[k] !== preset[k]);
     this.convention = custom ? 'custom' : conv;
     this.spec = Object.freeze(spec);
-    const axis = options.axis ?? (conv === 'pytorch' ? 1 : -1);
-    if (typeof axis !== 'number' || !Number.isInteger(axis)) throw new TypeError(`${fn}: axis must be an integer, got ${describe(axis)}`);
-    this.axis = axis;
-    this.center = options.center ?? true;
-    this.scale = options.scale ?? true;
-    if (typeof this.center !== 'boolean' || typeof this.scale !== 'boolean') throw new TypeError(`${fn}: center and scale must be booleans`);
-    if (options.channels !== undefined) {
-      if (!Number.isInteger(options.channels) || options.channels < 1) throw new RangeError(`${fn}: channels must be a positive integer, got ${describe(options.channels)}`);
-      this.build(options.channels);
-    }
+    this.axis = checkInteger(fn, 'options.axis', o.axis, {}, conv === 'pytorch' ? 1 : -1);
+    this.center = checkBoolean(fn, 'options.center', o.center, true);
+    this.scale = checkBoolean(fn, 'options.scale', o.scale, true);
+    if (o.channels !== undefined) this.build(checkInteger(fn, 'options.channels', o.channels, { min: 1 }));
   }
 
   private build(C: number): void {
@@ -163,8 +169,8 @@ export class BatchNormalization {
     this.beta = this.center ? new Float32Array(C) : null;
     this.dGamma = this.scale ? new Float32Array(C) : null;
     this.dBeta = this.center ? new Float32Array(C) : null;
-    this.runMean = new Float32Array(C);
-    this.runVar = new Float32Array(C).fill(1);
+    this.runMean = new Float32Array(C).fill(this.spec.initialMean);
+    this.runVar = new Float32Array(C).fill(this.spec.initialVariance);
     if (this.spec.zeroDebias) {
       this.emaMean = new Float64Array(C);
       this.emaVar = new Float64Array(C);
@@ -217,15 +223,28 @@ export class BatchNormalization {
    */
   forward(x: DeviceTensor, options?: { training?: boolean }): DeviceTensor;
   forward(x: Tensor, options?: { training?: boolean }): Tensor;
-  forward(x: Tensor | DeviceTensor, options: { training?: boolean } = {}): Tensor | DeviceTensor {
+  forward(x: Tensor | DeviceTensor, options?: { training?: boolean }): Tensor | DeviceTensor {
     const fn = 'BatchNormalization.forward';
-    const training = options.training ?? false;
-    if (typeof training !== 'boolean') throw new TypeError(`${fn}: options.training must be a boolean, got ${describe(training)}`);
+    if (typeof options === 'boolean') {
+      throw new TypeError(`${fn}: options must be an object, got ${options}; write forward(x, {training: ${options}})`);
+    }
+    const o = checkOptions<{ training?: boolean }>(fn, options, OPTION_KEYS.forward);
+    const training = checkBoolean(fn, 'options.training', o.training, false);
     if ((x instanceof DeviceTensor) !== this.onDevice) {
       throw new TypeError(this.onDevice
         ? `${fn}: the layer is on the device (toDevice()); x must be a DeviceTensor, got ${describe(x)}`
         : `${fn}: x is a DeviceTensor; call toDevice() on the layer first`);
     }
+    if (x instanceof DeviceTensor) x.handle(fn, 'x');
+    else x = checkTensor(fn, 'x', x);
+    try {
+      return this.forwardChecked(fn, x, training);
+    } catch (e) {
+      throw prefixed(fn, e);
+    }
+  }
+
+  private forwardChecked(fn: string, x: Tensor | DeviceTensor, training: boolean): Tensor | DeviceTensor {
     const ax = this.channelAxis(fn, x);
     const eps = this.spec.epsilon;
     const ps = x.shape.slice(ax).map((d, i) => (i === 0 ? d : 1));
@@ -296,6 +315,15 @@ export class BatchNormalization {
     const fn = 'BatchNormalization.backward';
     const c = this.cache;
     if (!c) throw new RangeError(`${fn}: no forward pass to differentiate; call forward first`);
+    if (!(dy instanceof DeviceTensor)) dy = checkTensor(fn, 'dy', dy);
+    try {
+      return this.backwardChecked(fn, c, dy);
+    } catch (e) {
+      throw prefixed(fn, e);
+    }
+  }
+
+  private backwardChecked(fn: string, c: Cache, dy: Tensor | DeviceTensor): Tensor | DeviceTensor {
     const saved = { mean: c.mean, invStd: c.invStd };
     if (c.x instanceof DeviceTensor) {
       if (!(dy instanceof DeviceTensor)) throw new TypeError(`${fn}: the forward ran on the device; dy must be a DeviceTensor`);
@@ -398,7 +426,7 @@ export class BatchNormalization {
    */
   static convertState(state: BatchNormalizationState, to: Convention): BatchNormalizationState {
     const fn = 'BatchNormalization.convertState';
-    if (!(to in CONVENTIONS)) throw new TypeError(`${fn}: unknown convention ${describe(to)}`);
+    checkOneOf(fn, 'to', to, Object.keys(CONVENTIONS) as Convention[]);
     const target = CONVENTIONS[to];
     const out: BatchNormalizationState = JSON.parse(JSON.stringify(state));
     out.convention = to;

@@ -7,8 +7,9 @@ import {
   DeviceTensor, deviceBatchNorm, deviceBatchNormAsync, deviceMoments, deviceMomentsAsync, rejectDeviceParams,
   type DeviceMoments,
 } from './device';
+import { checkMomentsOptions, checkOptions, OPTION_KEYS } from './check';
 import {
-  broadcastShapes, checkEpsilon, checkOptions, checkOut, checkParam, checkTensor, describe, fmtShape, normalizeAxes,
+  broadcastShapes, checkEpsilon, paramOperands, checkOut, checkParam, checkTensor, describe, fmtShape, normalizeAxes,
   overlaps, product, sameMemory, type ParamLike, type Tensor,
 } from './tensor';
 
@@ -51,19 +52,9 @@ interface MomentsPlan {
 
 function planMoments(fn: string, x: unknown, axes: unknown, options: unknown): MomentsPlan {
   const t = checkTensor(fn, 'x', x);
-  const o = checkOptions<MomentsOptions>(fn, options);
+  const o = checkOptions<MomentsOptions>(fn, options, OPTION_KEYS.moments);
   const ax = normalizeAxes(fn, axes, t.shape.length);
-  const keepDims = o.keepDims ?? false;
-  if (typeof keepDims !== 'boolean') {
-    throw new TypeError(`${fn}: options.keepDims must be a boolean, got ${describe(keepDims)}`);
-  }
-  const correction = o.correction ?? 0;
-  if (typeof correction !== 'number') {
-    throw new TypeError(`${fn}: options.correction must be a number, got ${describe(correction)}`);
-  }
-  if (!Number.isFinite(correction) || correction < 0) {
-    throw new RangeError(`${fn}: options.correction must be a finite number >= 0, got ${correction}`);
-  }
+  const { keepDims, correction } = checkMomentsOptions(fn, o);
   if (o.shift !== undefined && o.shift !== null) checkParam(fn, 'options.shift', o.shift);
   const reduced = new Set(ax);
   const outShape = keepDims
@@ -138,11 +129,8 @@ function planBatchNorm(
   const off = offset === null || offset === undefined ? null : checkParam(fn, 'offset', offset);
   const sc = scale === null || scale === undefined ? null : checkParam(fn, 'scale', scale);
   const eps = checkEpsilon(fn, 'varianceEpsilon', varianceEpsilon);
-  const o = checkOptions<BatchNormOptions>(fn, options);
-  const operands = [{ name: 'x', shape: xt.shape }, { name: 'mean', shape: m.shape }, { name: 'variance', shape: v.shape }];
-  if (off) operands.push({ name: 'offset', shape: off.shape });
-  if (sc) operands.push({ name: 'scale', shape: sc.shape });
-  const outShape = broadcastShapes(fn, operands);
+  const o = checkOptions<BatchNormOptions>(fn, options, OPTION_KEYS.batchNormalization);
+  const outShape = broadcastShapes(fn, paramOperands(xt.shape, m.shape, v.shape, off?.shape, sc?.shape));
   const n = product(outShape);
   let out: Float32Array;
   if (o.out !== undefined) {

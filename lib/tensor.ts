@@ -2,6 +2,8 @@
 // dimensions. Anything with those two fields works — tfjs' dataSync() output with
 // tensor.shape, an ndarray with default strides, or our own results.
 
+import { checkBoolean, checkEpsilon, checkInteger, checkNumber, checkOneOf, describe } from './check';
+
 export interface Tensor {
   readonly data: Float32Array;
   readonly shape: readonly number[];
@@ -12,16 +14,7 @@ export type ParamLike = Tensor | Float32Array | number;
 
 export const MAX_RANK = 64;
 
-export function describe(v: unknown): string {
-  if (v === null) return 'null';
-  if (v === undefined) return 'undefined';
-  if (Array.isArray(v)) return 'an Array';
-  if (ArrayBuffer.isView(v)) return `a ${v.constructor.name}`;
-  if (typeof v === 'number') return String(v);
-  if (typeof v === 'string') return `the string ${JSON.stringify(v)}`;
-  if (typeof v === 'object') return `an object (${(v as object).constructor?.name ?? 'Object'})`;
-  return `a ${typeof v}`;
-}
+export { describe, checkEpsilon, checkOptions } from './check';
 
 export function fmtShape(shape: readonly number[]): string {
   return `[${shape.join(', ')}]`;
@@ -54,21 +47,54 @@ export function checkShape(fn: string, name: string, shape: unknown): number[] {
   return shape.slice();
 }
 
+/** What converts a near-miss (an Array, another typed array) into what the API takes. */
+function conversionHint(v: unknown): string {
+  if (Array.isArray(v) || (ArrayBuffer.isView(v) && !(v instanceof DataView))) {
+    return v instanceof Float32Array ? '; tensor(data, shape) wraps it' : '; tensor(data, shape) converts it to float32';
+  }
+  return '';
+}
+
 function checkData(fn: string, name: string, data: unknown): Float32Array {
   if (!(data instanceof Float32Array)) {
-    throw new TypeError(`${fn}: ${name} must be a Float32Array, got ${describe(data)}`);
+    throw new TypeError(`${fn}: ${name} must be a Float32Array, got ${describe(data)}${conversionHint(data)}`);
   }
   return data;
 }
 
+/** A TensorFlow.js tensor, or anything shaped like one: dataSync(), shape and dtype. */
+function isTfjsTensor(t: object): t is { dataSync(): unknown; shape: unknown; dtype: string; isDisposed?: boolean } {
+  const o = t as { dataSync?: unknown; shape?: unknown; dtype?: unknown };
+  return typeof o.dataSync === 'function' && Array.isArray(o.shape) && typeof o.dtype === 'string';
+}
+
+/**
+ * A float32 TensorFlow.js tensor is read once with dataSync() and used as it is (no copy
+ * for float32); other dtypes must be cast first, which only the caller can do.
+ */
+function fromTfjs(fn: string, name: string, t: { dataSync(): unknown; shape: unknown; dtype: string; isDisposed?: boolean }): { data: Float32Array; shape: number[] } {
+  if (t.isDisposed === true) throw new TypeError(`${fn}: ${name} is a disposed TensorFlow.js tensor`);
+  if (t.dtype !== 'float32') {
+    throw new TypeError(`${fn}: ${name} is a TensorFlow.js tensor of dtype '${t.dtype}'; only float32 is accepted: pass tf.cast(${name}, 'float32')`);
+  }
+  const shape = checkShape(fn, `${name}.shape`, t.shape);
+  const data = checkData(fn, `${name}.dataSync()`, t.dataSync());
+  if (data.length !== product(shape)) {
+    throw new RangeError(`${fn}: ${name}.dataSync() has ${data.length} elements but ${name}.shape ${fmtShape(shape)} needs ${product(shape)}`);
+  }
+  return { data, shape };
+}
+
 /**
  * Validates a tensor argument and returns a normalized copy of its shape. ndarray-style
- * objects (with `stride`/`offset`) are accepted only when they are plain row-major views.
+ * objects (with `stride`/`offset`) are accepted only when they are plain row-major views;
+ * float32 TensorFlow.js tensors are read with dataSync().
  */
 export function checkTensor(fn: string, name: string, t: unknown): { data: Float32Array; shape: number[] } {
   if (t === null || typeof t !== 'object' || ArrayBuffer.isView(t) || Array.isArray(t)) {
-    throw new TypeError(`${fn}: ${name} must be a tensor {data: Float32Array, shape: number[]}, got ${describe(t)}`);
+    throw new TypeError(`${fn}: ${name} must be a tensor {data: Float32Array, shape: number[]}, got ${describe(t)}${conversionHint(t)}`);
   }
+  if (!((t as { data?: unknown }).data instanceof Float32Array) && isTfjsTensor(t)) return fromTfjs(fn, name, t);
   const obj = t as { data?: unknown; shape?: unknown; stride?: unknown; offset?: unknown };
   const data = checkData(fn, `${name}.data`, obj.data);
   const shape = checkShape(fn, `${name}.shape`, obj.shape);
@@ -100,11 +126,11 @@ export function checkParam(fn: string, name: string, p: unknown): { data: Float3
   if (p !== null && typeof p === 'object' && !ArrayBuffer.isView(p) && !Array.isArray(p)) {
     return checkTensor(fn, name, p);
   }
-  throw new TypeError(`${fn}: ${name} must be a tensor, a Float32Array or a number, got ${describe(p)}`);
+  throw new TypeError(`${fn}: ${name} must be a tensor, a Float32Array or a number, got ${describe(p)}${conversionHint(p)}`);
 }
 
 /** numpy broadcasting of shapes (aligned right); RangeError naming the operand that fails. */
-export function broadcastShapes(fn: string, operands: { name: string; shape: readonly number[] }[]): number[] {
+export function broadcastShapes(fn: string, operands: { name: string; shape: readonly number[]; hint?: string }[]): number[] {
   const rank = Math.max(0, ...operands.map((o) => o.shape.length));
   const out = new Array<number>(rank).fill(1);
   for (const { shape } of operands) {
@@ -113,15 +139,41 @@ export function broadcastShapes(fn: string, operands: { name: string; shape: rea
       if (shape[i] !== 1) out[d] = out[d] === 1 ? shape[i] : out[d];
     }
   }
-  for (const { name, shape } of operands) {
+  for (const { name, shape, hint } of operands) {
     for (let i = 0; i < shape.length; i++) {
       const d = rank - shape.length + i;
       if (shape[i] !== 1 && shape[i] !== out[d]) {
         const others = operands.map((o) => `${o.name} ${fmtShape(o.shape)}`).join(', ');
-        throw new RangeError(`${fn}: shapes do not broadcast: ${name} has ${shape[i]} where another operand has ${out[d]} (${others})`);
+        throw new RangeError(`${fn}: shapes do not broadcast: ${name} has ${shape[i]} where another operand has ${out[d]} (${others})${hint ?? ''}`);
       }
     }
   }
+  return out;
+}
+
+/**
+ * The operands of batchNormalization for broadcastShapes. A parameter of lower rank than x
+ * that fails to broadcast is most often moments' output without keepDims: say so.
+ */
+export function paramOperands(
+  x: readonly number[], mean: readonly number[], variance: readonly number[],
+  offset: readonly number[] | undefined, scale: readonly number[] | undefined,
+): { name: string; shape: readonly number[]; hint?: string }[] {
+  // x's shape with some axes dropped: what moments(x, axes) returns without keepDims.
+  const reduced = (shape: readonly number[]) => {
+    let j = 0;
+    for (let i = 0; i < x.length && j < shape.length; i++) if (x[i] === shape[j]) j++;
+    return shape.length > 0 && shape.length < x.length && j === shape.length;
+  };
+  const op = (name: string, shape: readonly number[]) => ({
+    name, shape,
+    hint: reduced(shape)
+      ? `; if ${name} comes from moments(x, axes), pass {keepDims: true} so that it keeps the reduced axes and broadcasts against x`
+      : undefined,
+  });
+  const out = [{ name: 'x', shape: x }, op('mean', mean), op('variance', variance)];
+  if (offset) out.push(op('offset', offset));
+  if (scale) out.push(op('scale', scale));
   return out;
 }
 
@@ -155,6 +207,9 @@ export function normalizeAxes(fn: string, axes: unknown, rank: number): number[]
 
 /** Creates a tensor, copying `data` when it is a plain array. Default shape: [length]. */
 export function tensor(data: Float32Array | ArrayLike<number>, shape?: readonly number[]): Tensor {
+  if (!(Array.isArray(data) || (ArrayBuffer.isView(data) && !(data instanceof DataView)))) {
+    throw new TypeError(`tensor: data must be a Float32Array, another typed array or an Array of numbers, got ${describe(data)}`);
+  }
   const arr = data instanceof Float32Array ? data : Float32Array.from(data as ArrayLike<number>);
   const s = shape === undefined ? [arr.length] : checkShape('tensor', 'shape', shape);
   if (product(s) !== arr.length) {
@@ -177,21 +232,6 @@ export function overlaps(a: ArrayBufferView, b: ArrayBufferView): boolean {
 /** True when two views are exactly the same memory. */
 export function sameMemory(a: ArrayBufferView, b: ArrayBufferView): boolean {
   return a.buffer === b.buffer && a.byteOffset === b.byteOffset && a.byteLength === b.byteLength;
-}
-
-/** `options` of a public function: undefined or an object; returns it (or {}). */
-export function checkOptions<T extends object>(fn: string, options: unknown): T {
-  if (options !== undefined && (options === null || typeof options !== 'object')) {
-    throw new TypeError(`${fn}: options must be an object, got ${describe(options)}`);
-  }
-  return (options ?? {}) as T;
-}
-
-/** An ε: a finite number >= 0 (TypeError for a non-number, RangeError for NaN, ∞, < 0). */
-export function checkEpsilon(fn: string, name: string, eps: unknown): number {
-  if (typeof eps !== 'number') throw new TypeError(`${fn}: ${name} must be a number, got ${describe(eps)}`);
-  if (!Number.isFinite(eps) || eps < 0) throw new RangeError(`${fn}: ${name} must be a finite number >= 0, got ${eps}`);
-  return eps;
 }
 
 /** Validates an `out` Float32Array of a given length. */
@@ -230,13 +270,11 @@ export function channelView(fn: string, shape: readonly number[], dataFormat: un
   if (rank < 2) throw new RangeError(`${fn}: x must have rank >= 2 (batch and channel axes), got rank ${rank}`);
   let ax: number;
   if (axis !== undefined) {
-    if (typeof axis !== 'number' || !Number.isInteger(axis)) throw new TypeError(`${fn}: options.axis must be an integer, got ${describe(axis)}`);
-    if (axis < -rank || axis >= rank) throw new RangeError(`${fn}: options.axis = ${axis} is out of range for a tensor of rank ${rank}`);
-    ax = axis < 0 ? axis + rank : axis;
+    ax = checkInteger(fn, 'options.axis', axis);
+    if (ax < -rank || ax >= rank) throw new RangeError(`${fn}: options.axis = ${ax} is out of range for a tensor of rank ${rank}`);
+    if (ax < 0) ax += rank;
   } else {
-    const df = dataFormat ?? 'NHWC';
-    if (df !== 'NHWC' && df !== 'NCHW') throw new TypeError(`${fn}: options.dataFormat must be 'NHWC' or 'NCHW', got ${describe(df)}`);
-    ax = df === 'NHWC' ? rank - 1 : 1;
+    ax = checkOneOf(fn, 'options.dataFormat', dataFormat, ['NHWC', 'NCHW'] as const, 'NHWC') === 'NHWC' ? rank - 1 : 1;
   }
   const s = shape.slice();
   const A = product(s.slice(0, ax));
@@ -255,11 +293,7 @@ export function checkFusedOptions(
 ): { view: ChannelView; eps: number; f: number; training: boolean } {
   const view = channelView(fn, shape, o.dataFormat, o.axis);
   const eps = checkEpsilon(fn, 'options.epsilon', o.epsilon ?? 1e-3);
-  const f = o.exponentialAvgFactor ?? 1;
-  if (typeof f !== 'number' || !(f >= 0 && f <= 1)) {
-    throw new RangeError(`${fn}: options.exponentialAvgFactor must be a number in [0, 1], got ${describe(f)}`);
-  }
-  const training = o.isTraining ?? true;
-  if (typeof training !== 'boolean') throw new TypeError(`${fn}: options.isTraining must be a boolean, got ${describe(training)}`);
+  const f = checkNumber(fn, 'options.exponentialAvgFactor', o.exponentialAvgFactor, { min: 0, max: 1 }, 1);
+  const training = checkBoolean(fn, 'options.isTraining', o.isTraining, true);
   return { view, eps, f, training };
 }

@@ -9,7 +9,8 @@ import {
   type DeviceBatchNormGrads, type DeviceFusedBatchNormResult,
 } from './cudnn';
 import { DeviceTensor } from './device';
-import { channelView, checkFusedOptions, type ChannelView, type DataFormat, checkEpsilon, checkOptions, checkShape, checkTensor, describe, fmtShape, normalizeAxes, product, type Tensor } from './tensor';
+import { checkBoolean, checkNumber, checkOptions, OPTION_KEYS } from './check';
+import { channelView, checkFusedOptions, type ChannelView, type DataFormat, checkEpsilon, checkShape, checkTensor, describe, fmtShape, normalizeAxes, product, type Tensor } from './tensor';
 
 // ---- sufficient statistics --------------------------------------------------------
 
@@ -27,19 +28,19 @@ export interface SufficientStatistics {
 }
 
 export function sufficientStatistics(
-  x: Tensor, axes?: number | number[], options: { keepDims?: boolean; backend?: BackendChoice } = {},
+  x: Tensor, axes?: number | number[], options?: { keepDims?: boolean; backend?: BackendChoice },
 ): SufficientStatistics {
   const fn = 'sufficientStatistics';
   const t = checkTensor(fn, 'x', x);
+  const o = checkOptions<{ keepDims?: boolean; backend?: BackendChoice }>(fn, options, OPTION_KEYS.sufficientStatistics);
   const ax = normalizeAxes(fn, axes, t.shape.length);
   const red = new Set(ax);
-  const keepDims = options.keepDims ?? false;
-  if (typeof keepDims !== 'boolean') throw new TypeError(`${fn}: options.keepDims must be a boolean, got ${describe(keepDims)}`);
+  const keepDims = checkBoolean(fn, 'options.keepDims', o.keepDims, false);
   const shape = keepDims ? t.shape.map((d, i) => (red.has(i) ? 1 : d)) : t.shape.filter((_, i) => !red.has(i));
   const n = product(shape);
   const mean = new Float64Array(n);
   const m2 = new Float64Array(n);
-  native.moments(t.data, t.shape, ax, 0, new Float32Array(n), new Float32Array(n), backendCode(fn, options.backend), mean, m2);
+  native.moments(t.data, t.shape, ax, 0, new Float32Array(n), new Float32Array(n), backendCode(fn, o.backend), mean, m2);
   return { count: product(t.shape.filter((_, i) => red.has(i))), mean, m2, shape };
 }
 
@@ -78,13 +79,11 @@ export function mergeMoments(a: SufficientStatistics, b: SufficientStatistics): 
 }
 
 /** mean and variance (M2 / (n − correction)) as float32 tensors. */
-export function finalizeMoments(s: SufficientStatistics, options: { correction?: number } = {}): { mean: Tensor; variance: Tensor } {
+export function finalizeMoments(s: SufficientStatistics, options?: { correction?: number }): { mean: Tensor; variance: Tensor } {
   const fn = 'finalizeMoments';
   checkStats(fn, 's', s);
-  const correction = options.correction ?? 0;
-  if (typeof correction !== 'number' || !Number.isFinite(correction) || correction < 0) {
-    throw new RangeError(`${fn}: options.correction must be a finite number >= 0, got ${describe(correction)}`);
-  }
+  const o = checkOptions<{ correction?: number }>(fn, options, OPTION_KEYS.finalizeMoments);
+  const correction = checkNumber(fn, 'options.correction', o.correction, { min: 0 }, 0);
   const d = s.count - correction;
   return {
     mean: { data: Float32Array.from(s.mean, (m) => (s.count > 0 ? m : NaN)), shape: s.shape.slice() },
@@ -167,7 +166,7 @@ interface FusedPlan {
 
 function planFused(fn: string, x: unknown, scale: unknown, offset: unknown, options: unknown): FusedPlan {
   const t = checkTensor(fn, 'x', x);
-  const o = checkOptions<FusedBatchNormOptions>(fn, options);
+  const o = checkOptions<FusedBatchNormOptions>(fn, options, OPTION_KEYS.fusedBatchNorm);
   const { view, eps, f, training } = checkFusedOptions(fn, t.shape, o);
   const needRunning = !training || f !== 1;
   const runMean = channelVector(fn, 'options.mean', o.mean, view.C, needRunning ? null : 0);
@@ -333,7 +332,7 @@ function planGrad(fn: string, dy: unknown, x: unknown, scale: unknown, saved: un
   if (fmtShape(dyt.shape) !== fmtShape(xt.shape)) {
     throw new RangeError(`${fn}: dy has shape ${fmtShape(dyt.shape)} but x has ${fmtShape(xt.shape)}`);
   }
-  const o = checkOptions<BatchNormGradOptions>(fn, options);
+  const o = checkOptions<BatchNormGradOptions>(fn, options, OPTION_KEYS.batchNormalizationGrad);
   const view = channelView(fn, xt.shape, o.dataFormat, o.axis);
   if (!saved || typeof saved !== 'object') {
     throw new TypeError(`${fn}: saved must be {mean, invStd} (fusedBatchNorm's savedMean / savedInvStd), got ${describe(saved)}`);
@@ -341,8 +340,7 @@ function planGrad(fn: string, dy: unknown, x: unknown, scale: unknown, saved: un
   const sv = saved as { mean?: unknown; invStd?: unknown };
   const mean = channelVector(fn, 'saved.mean', sv.mean, view.C, null)!;
   const invStd = channelVector(fn, 'saved.invStd', sv.invStd, view.C, null)!;
-  const training = o.isTraining ?? true;
-  if (typeof training !== 'boolean') throw new TypeError(`${fn}: options.isTraining must be a boolean, got ${describe(training)}`);
+  const training = checkBoolean(fn, 'options.isTraining', o.isTraining, true);
   const n = xt.data.length;
   let dx: Float32Array;
   if (o.out !== undefined) {
