@@ -13,9 +13,9 @@ const v2 = new Float32Array([1, 1]);
 type Call = () => unknown;
 const cases: [string, Call, ErrorConstructor | typeof BackendError, RegExp][] = [
   // x itself
-  ['x not a tensor', () => moments(new Float32Array(4) as never, [0]), TypeError, /^moments: x must be a tensor \{data: Float32Array, shape: number\[\]\}, got a Float32Array$/],
-  ['x.data a Float64Array', () => moments({ data: new Float64Array(4), shape: [4] } as never, [0]), TypeError, /^moments: x\.data must be a Float32Array, got a Float64Array$/],
-  ['x.data a plain array', () => moments({ data: [1, 2], shape: [2] } as never, [0]), TypeError, /^moments: x\.data must be a Float32Array, got an Array$/],
+  ['x not a tensor', () => moments(new Float32Array(4) as never, [0]), TypeError, /^moments: x must be a tensor \{data: Float32Array, shape: number\[\]\}, got a Float32Array; tensor\(data, shape\) wraps it$/],
+  ['x.data a Float64Array', () => moments({ data: new Float64Array(4), shape: [4] } as never, [0]), TypeError, /^moments: x\.data must be a Float32Array, got a Float64Array; tensor\(data, shape\) converts it to float32$/],
+  ['x.data a plain array', () => moments({ data: [1, 2], shape: [2] } as never, [0]), TypeError, /^moments: x\.data must be a Float32Array, got an Array; tensor\(data, shape\) converts it to float32$/],
   ['shape not an array', () => moments({ data: new Float32Array(4), shape: 4 } as never, [0]), TypeError, /^moments: x\.shape must be an array of non-negative integers, got 4$/],
   ['shape with a negative', () => moments({ data: new Float32Array(4), shape: [-4] }, [0]), TypeError, /^moments: x\.shape\[0\] must be a non-negative integer, got -4$/],
   ['shape with a fraction', () => moments({ data: new Float32Array(4), shape: [2, 1.5] }, [0]), TypeError, /^moments: x\.shape\[1\] must be a non-negative integer, got 1\.5$/],
@@ -38,7 +38,7 @@ const cases: [string, Call, ErrorConstructor | typeof BackendError, RegExp][] = 
   ['out mean = variance', () => { const a = new Float32Array(4); return moments(x, [0], { out: { mean: a, variance: a } }); }, RangeError, /^moments: options\.out\.mean and options\.out\.variance overlap$/],
   ['unknown backend', () => moments(x, [0], { backend: 'tpu' as never }), TypeError, /^moments: backend must be one of 'auto', 'cpu', 'cuda', 'cudnn', got the string "tpu"$/],
   // batchNormalization
-  ['bn: mean a plain array', () => batchNormalization(x, [0, 0] as never, v2, null, null, 1e-3), TypeError, /^batchNormalization: mean must be a tensor, a Float32Array or a number, got an Array$/],
+  ['bn: mean a plain array', () => batchNormalization(x, [0, 0] as never, v2, null, null, 1e-3), TypeError, /^batchNormalization: mean must be a tensor, a Float32Array or a number, got an Array; tensor\(data, shape\) converts it to float32$/],
   ['bn: scale a string', () => batchNormalization(x, c2, v2, null, 'a' as never, 1e-3), TypeError, /^batchNormalization: scale must be a tensor, a Float32Array or a number, got the string "a"$/],
   ['bn: shapes do not broadcast', () => batchNormalization(x, new Float32Array(3), v2, null, null, 1e-3), RangeError, /^batchNormalization: shapes do not broadcast: mean has 3 where another operand has 2 \(x \[2, 2, 2\], mean \[3\], variance \[2\]\)$/],
   ['bn: ε negative', () => batchNormalization(x, c2, v2, null, null, -1e-3), RangeError, /^batchNormalization: varianceEpsilon must be a finite number >= 0, got -0\.001$/],
@@ -52,6 +52,7 @@ const cases: [string, Call, ErrorConstructor | typeof BackendError, RegExp][] = 
   // misc
   ['setBackend unknown', () => setBackend('gpu' as never), TypeError, /^setBackend: backend must be one of/],
   ['setNumThreads 0', () => setNumThreads(0), RangeError, /^setNumThreads: n must be an integer in \[1, 256\], got 0$/],
+  ['setNumThreads a string', () => setNumThreads('4' as never), TypeError, /^setNumThreads: n must be an integer in \[1, 256\], got the string "4"$/],
 ];
 
 describe('errors', () => {
