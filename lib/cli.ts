@@ -34,7 +34,7 @@ function shapeValue(cmd: string, v: unknown, dflt: number[]): number[] {
   if (v === undefined) return dflt;
   const s = String(v);
   if (!/^\d+(,\d+)*$/.test(s)) {
-    throw new UsageError(`${cmd}: --shape must be comma-separated positive integers like 128,32,32,64, got ${JSON.stringify(s)}`);
+    throw new UsageError(`${cmd}: --shape must be comma-separated integers like 128,32,32,64, got ${JSON.stringify(s)}`);
   }
   const shape = s.split(',').map(Number);
   if (shape.length < 2 || shape.some((d) => d < 1 || !Number.isSafeInteger(d))) {
