@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Distribution check, run by CI on every run:
-#  1. npm run prebuildify (CUDA for sm_75..90 + PTX) and npm pack;
+#  1. npm run release: prebuildify (CUDA for sm_75..90 + PTX), load check, npm pack;
 #  2. in an empty folder, with cmake, compilers and nvcc off PATH: npm install <tarball>
 #     must succeed without compiling, `npx batchnorm demo` must run, and backends() must
 #     report CUDA compiled in (unavailable here: no driver);
@@ -11,13 +11,12 @@ root=$PWD
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
-echo "== prebuildify"
-npm run prebuildify --silent > "$work/prebuildify.log" 2>&1 || { cat "$work/prebuildify.log"; exit 1; }
-ls -l prebuilds/linux-x64/
-
-echo "== npm pack"
-tarball=$(npm pack --silent --pack-destination "$work" | tail -n 1)
-tgz="$work/$tarball"
+echo "== the release command: prebuildify, check, npm pack"
+npm run release --silent -- --pack-destination "$work" > "$work/release.log" 2>&1 || { cat "$work/release.log"; exit 1; }
+grep -E '^(prebuild|tarball):' "$work/release.log"
+tgz=$(sed -n 's/^tarball: //p' "$work/release.log")
+tarball=$(basename "$tgz")
+tar tzf "$tgz" | grep -qE '^package/prebuilds/linux-x64/[^/]+\.node$' || { echo "no prebuild in the tarball"; exit 1; }
 echo "tarball: $tarball, $(du -k "$tgz" | cut -f1) KiB packed, $(tar tzf "$tgz" | wc -l) files"
 if tar tzf "$tgz" | grep -E '^package/(test|dist/test|bench|build)/' ; then echo "test/bench/build files in the tarball"; exit 1; fi
 
