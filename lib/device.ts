@@ -256,6 +256,7 @@ export function rejectDeviceParams(fn: string, params: Record<string, unknown>):
 export function deviceTimeOp(
   op: 'moments' | 'batchNormalization' | 'copy' | 'read', spec: Record<string, unknown>, warmup = 5, reps = 20,
 ): number[] {
+  if (spec === null || typeof spec !== 'object') throw new TypeError(`deviceTimeOp: spec must be an object, got ${describe(spec)}`);
   const s: Record<string, unknown> = {};
   for (const [k, v] of Object.entries(spec)) s[k] = v instanceof DeviceTensor ? v.handle('deviceTimeOp', `spec.${k}`) : v;
   return native.deviceTimeOp(op, s, warmup, reps);

@@ -65,7 +65,12 @@ tgz2=$(cd "$src/package" && npm pack --silent --pack-destination "$work" --ignor
 app2="$work/app2"
 mkdir -p "$app2"
 (cd "$app2" && npm init -y >/dev/null)
-(cd "$app2" && npm install --no-audit --no-fund --foreground-scripts "$work/$tgz2" 2>&1 | tail -n 3)
+(cd "$app2" && npm install --no-audit --no-fund --foreground-scripts "$work/$tgz2" > "$work/install2.log" 2>&1) || { tail -n 30 "$work/install2.log"; exit 1; }
+tail -n 3 "$work/install2.log"
+# The fallback is announced in one plain line, not a stack trace.
+grep -q '^batchnorm: no prebuilt binary for linux-x64 (Node v[0-9.]*); building from source with cmake-js$' "$work/install2.log" \
+  || { echo "the source-build fallback did not say its one line"; head -n 20 "$work/install2.log"; exit 1; }
+if grep -q 'No native build was found' "$work/install2.log"; then echo "the install printed node-gyp-build's error"; exit 1; fi
 test -e "$app2/node_modules/batchnorm/build/Release/batchnorm.node" || { echo "no source build happened"; exit 1; }
 (cd "$app2" && node -e "const bn = require('batchnorm'); console.log('source build loads:', bn.info().cpuFeatures)")
 echo "pack test: ok"
