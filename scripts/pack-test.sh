@@ -16,7 +16,7 @@ npm run release --silent -- --pack-destination "$work" > "$work/release.log" 2>&
 grep -E '^(prebuild|tarball):' "$work/release.log"
 tgz=$(sed -n 's/^tarball: //p' "$work/release.log")
 tarball=$(basename "$tgz")
-tar tzf "$tgz" | grep -qE '^package/prebuilds/linux-x64/[^/]+\.node$' || { echo "no prebuild in the tarball"; exit 1; }
+tar tzf "$tgz" | grep -E '^package/prebuilds/linux-x64/[^/]+\.node$' >/dev/null || { echo "no prebuild in the tarball"; exit 1; }
 echo "tarball: $tarball, $(du -k "$tgz" | cut -f1) KiB packed, $(tar tzf "$tgz" | wc -l) files"
 if tar tzf "$tgz" | grep -E '^package/(test|dist/test|bench|build)/' ; then echo "test/bench/build files in the tarball"; exit 1; fi
 
