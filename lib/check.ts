@@ -162,16 +162,16 @@ export function checkEpsilon(fn: string, name: string, eps: unknown): number {
 
 /** The options each public function accepts (host and DeviceTensor paths alike). */
 export const OPTION_KEYS = {
-  moments: ['keepDims', 'correction', 'shift', 'backend', 'out'],
+  moments: ['keepDims', 'correction', 'shift', 'backend', 'out', 'sync'],
   batchNormalization: ['backend', 'out'],
   sufficientStatistics: ['keepDims', 'backend'],
   finalizeMoments: ['correction'],
-  fusedBatchNorm: ['mean', 'variance', 'epsilon', 'exponentialAvgFactor', 'dataFormat', 'axis', 'isTraining', 'backend', 'out'],
-  batchNormalizationGrad: ['isTraining', 'dataFormat', 'axis', 'backend', 'out', 'epsilon'],
+  fusedBatchNorm: ['mean', 'variance', 'epsilon', 'exponentialAvgFactor', 'dataFormat', 'axis', 'isTraining', 'backend', 'out', 'sync'],
+  batchNormalizationGrad: ['isTraining', 'dataFormat', 'axis', 'backend', 'out', 'epsilon', 'sync'],
   explain: ['backend', 'onDevice', 'shape', 'axis', 'dataFormat', 'epsilon'],
   layer: [
     'convention', 'axis', 'momentum', 'momentumKind', 'runningVariance', 'epsilon', 'zeroDebias',
-    'initialMean', 'initialVariance', 'center', 'scale', 'channels',
+    'initialMean', 'initialVariance', 'center', 'scale', 'channels', 'sync',
   ],
   forward: ['training'],
 } as const satisfies Record<string, readonly string[]>;

@@ -25,3 +25,7 @@ export {
 export {
   cudnnProbe, type CudnnProbe, type DeviceFusedBatchNormResult, type DeviceBatchNormGrads,
 } from './cudnn';
+export { checkCommunicator, CollectiveError, type Communicator, type ReduceOp } from './sync/communicator';
+export {
+  createThreadGroup, threadCommunicator, abortThreadGroup, type ThreadGroupHandle, type ThreadGroupOptions,
+} from './sync/threads';

@@ -5,7 +5,9 @@ import { checkBoolean, checkEpsilon, checkInteger, checkNumber, checkOneOf, chec
 import { BackendError, prefixed } from './errors';
 import { batchNormalization } from './ops';
 import { checkTensor, describe, fmtShape, product, type Tensor } from './tensor';
-import { batchNormalizationGrad, fusedBatchNorm } from './training';
+import { batchNormalizationGrad, batchNormalizationGradAsync, fusedBatchNorm } from './training';
+import { checkCommunicator, type Communicator } from './sync/communicator';
+import { syncFusedBatchNorm } from './sync/ops';
 
 export type Convention = 'keras' | 'tf-fused' | 'pytorch' | 'tf-moments-ema';
 
@@ -63,6 +65,11 @@ export interface BatchNormalizationOptions {
   scale?: boolean;
   /** Number of channels; when omitted, set by the first forward. */
   channels?: number;
+  /**
+   * Synchronized batch norm: training statistics of the whole batch across the
+   * communicator's ranks (host tensors; use forwardAsync / backwardAsync when training).
+   */
+  sync?: Communicator;
 }
 
 /** Plain, JSON-able layer state. */
@@ -92,6 +99,8 @@ interface Cache {
   mean: Float32Array | DeviceTensor;
   invStd: Float32Array | DeviceTensor;
   training: boolean;
+  /** The statistics came from every rank: backward must exchange too. */
+  synced?: boolean;
 }
 
 /** Frees the DeviceTensors a cache holds (the saved statistics of a device forward). */
@@ -138,6 +147,7 @@ export class BatchNormalization {
   private lastCount: number | null = null;
   private cache: Cache | null = null;
   private onDevice = false;
+  private readonly sync: Communicator | null;
 
   constructor(options?: BatchNormalizationOptions) {
     const fn = 'new BatchNormalization';
@@ -161,6 +171,7 @@ export class BatchNormalization {
     this.center = checkBoolean(fn, 'options.center', o.center, true);
     this.scale = checkBoolean(fn, 'options.scale', o.scale, true);
     if (o.channels !== undefined) this.build(checkInteger(fn, 'options.channels', o.channels, { min: 1 }));
+    this.sync = o.sync === undefined ? null : checkCommunicator(fn, 'options.sync', o.sync);
   }
 
   private build(C: number): void {
@@ -230,6 +241,7 @@ export class BatchNormalization {
     }
     const o = checkOptions<{ training?: boolean }>(fn, options, OPTION_KEYS.forward);
     const training = checkBoolean(fn, 'options.training', o.training, false);
+    if (training && this.sync) throw new TypeError(`${fn}: the layer synchronizes its statistics (options.sync); train with forwardAsync`);
     if ((x instanceof DeviceTensor) !== this.onDevice) {
       throw new TypeError(this.onDevice
         ? `${fn}: the layer is on the device (toDevice()); x must be a DeviceTensor, got ${describe(x)}`
@@ -315,6 +327,7 @@ export class BatchNormalization {
     const fn = 'BatchNormalization.backward';
     const c = this.cache;
     if (!c) throw new RangeError(`${fn}: no forward pass to differentiate; call forward first`);
+    if (c.synced) throw new TypeError(`${fn}: the forward synchronized its statistics (options.sync); use backwardAsync`);
     if (!(dy instanceof DeviceTensor)) dy = checkTensor(fn, 'dy', dy);
     try {
       return this.backwardChecked(fn, c, dy);
@@ -340,6 +353,36 @@ export class BatchNormalization {
     if (dy instanceof DeviceTensor) throw new TypeError(`${fn}: the forward ran on the host; dy must be a host tensor`);
     const g = batchNormalizationGrad(dy, c.x, this.gamma, saved as { mean: Float32Array; invStd: Float32Array },
       { axis: this.axis, isTraining: c.training });
+    this.accumulate(g.dscale.data, g.doffset.data);
+    return g.dx;
+  }
+
+  /**
+   * forward() that may wait for other ranks: with options.sync a training forward
+   * normalizes with the statistics of every rank's batch (host tensors); otherwise the
+   * same as forward().
+   */
+  async forwardAsync(x: Tensor, options: { training?: boolean } = {}): Promise<Tensor> {
+    const fn = 'BatchNormalization.forwardAsync';
+    if (!this.sync || !(options && typeof options === 'object' && options.training === true)) return this.forward(x, options);
+    if (x instanceof DeviceTensor || this.onDevice) throw new BackendError(`${fn}: options.sync takes host tensors; the layer or x is on the device`, 'ERR_UNSUPPORTED');
+    const ax = this.channelAxis(fn, x);
+    const { result: r, count } = await syncFusedBatchNorm(fn, x, this.gamma, this.beta,
+      { axis: ax, epsilon: this.spec.epsilon, isTraining: true, sync: this.sync });
+    if (count <= 1) throw new RangeError(`${fn}: training needs more than 1 value per channel over all ranks, got ${count} (as PyTorch)`);
+    releaseCache(this.cache);
+    this.updateRunning(r.batchMean.data, this.spec.runningVariance === 'biased' ? r.batchVarianceBiased.data : r.batchVariance.data);
+    this.lastCount = count;
+    this.cache = { x, mean: r.savedMean.data, invStd: r.savedInvStd.data, training: true, synced: true };
+    return r.y;
+  }
+
+  /** backward() that may wait for other ranks: after a synchronized forward, dx of the whole batch's statistics. */
+  async backwardAsync(dy: Tensor): Promise<Tensor> {
+    const c = this.cache;
+    if (!c?.synced) return this.backward(dy);
+    const g = await batchNormalizationGradAsync(dy, c.x as Tensor, this.gamma, { mean: c.mean as Float32Array, invStd: c.invStd as Float32Array },
+      { axis: this.axis, isTraining: true, sync: this.sync! });
     this.accumulate(g.dscale.data, g.doffset.data);
     return g.dx;
   }

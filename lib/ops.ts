@@ -12,6 +12,8 @@ import {
   broadcastShapes, checkEpsilon, paramOperands, checkOut, checkParam, checkTensor, describe, fmtShape, normalizeAxes,
   overlaps, product, sameMemory, type ParamLike, type Tensor,
 } from './tensor';
+import type { Communicator } from './sync/communicator';
+import { rejectSync, syncMoments, wantsSync } from './sync/ops';
 
 export interface MomentsOptions {
   /** Keep reduced axes with extent 1 (default false), as tf.nn.moments' keepdims. */
@@ -26,6 +28,8 @@ export interface MomentsOptions {
   backend?: BackendChoice;
   /** Write the results into these arrays (length = number of outputs) instead of new ones. */
   out?: { mean: Float32Array; variance: Float32Array };
+  /** Moments of the whole batch across the communicator's ranks (momentsAsync only). */
+  sync?: Communicator;
 }
 
 export interface Moments {
@@ -39,7 +43,7 @@ export interface BatchNormOptions {
   out?: Float32Array;
 }
 
-interface MomentsPlan {
+export interface MomentsPlan {
   x: Float32Array;
   shape: number[];
   axes: number[];
@@ -50,7 +54,7 @@ interface MomentsPlan {
   backend: ReturnType<typeof backendCode>;
 }
 
-function planMoments(fn: string, x: unknown, axes: unknown, options: unknown): MomentsPlan {
+export function planMoments(fn: string, x: unknown, axes: unknown, options: unknown): MomentsPlan {
   const t = checkTensor(fn, 'x', x);
   const o = checkOptions<MomentsOptions>(fn, options, OPTION_KEYS.moments);
   const ax = normalizeAxes(fn, axes, t.shape.length);
@@ -90,6 +94,7 @@ function planMoments(fn: string, x: unknown, axes: unknown, options: unknown): M
 export function moments(x: DeviceTensor, axes?: number | number[], options?: MomentsOptions): DeviceMoments;
 export function moments(x: Tensor, axes?: number | number[], options?: MomentsOptions): Moments;
 export function moments(x: Tensor | DeviceTensor, axes?: number | number[], options?: MomentsOptions): Moments | DeviceMoments {
+  rejectSync('moments', options);
   if (x instanceof DeviceTensor) return deviceMoments('moments', x, axes, options);  // stays on the GPU
   const p = planMoments('moments', x, axes, options);
   native.moments(p.x, p.shape, p.axes, p.correction, p.mean, p.variance, p.backend);
@@ -102,6 +107,7 @@ export async function momentsAsync(x: Tensor, axes?: number | number[], options?
 export async function momentsAsync(
   x: Tensor | DeviceTensor, axes?: number | number[], options?: MomentsOptions,
 ): Promise<Moments | DeviceMoments> {
+  if (wantsSync(options)) return syncMoments('momentsAsync', x, axes, options);
   if (x instanceof DeviceTensor) return deviceMomentsAsync('momentsAsync', x, axes, options);
   const site = new Error();
   const p = planMoments('momentsAsync', x, axes, options);

@@ -10,6 +10,8 @@ import {
 } from './cudnn';
 import { DeviceTensor } from './device';
 import { checkBoolean, checkNumber, checkOptions, OPTION_KEYS } from './check';
+import type { Communicator } from './sync/communicator';
+import { rejectSync, syncBatchNormGrad, syncFusedBatchNorm, wantsSync } from './sync/ops';
 import { channelView, checkFusedOptions, type ChannelView, type DataFormat, checkEpsilon, checkShape, checkTensor, describe, fmtShape, normalizeAxes, product, type Tensor } from './tensor';
 
 // ---- sufficient statistics --------------------------------------------------------
@@ -126,6 +128,8 @@ export interface FusedBatchNormOptions {
   backend?: BackendChoice;
   /** Write y here instead of a new array (may be x.data: in place). */
   out?: Float32Array;
+  /** Statistics of the whole batch across the communicator's ranks (fusedBatchNormAsync only). */
+  sync?: Communicator;
 }
 
 /** fusedBatchNorm options for a DeviceTensor x: running statistics may be DeviceTensors too; no `out`. */
@@ -150,7 +154,7 @@ export interface FusedBatchNormResult {
   savedInvStd: Tensor;
 }
 
-interface FusedPlan {
+export interface FusedPlan {
   x: { data: Float32Array; shape: number[] };
   view: ChannelView;
   scale: Float32Array | null;
@@ -164,7 +168,7 @@ interface FusedPlan {
   out: Float32Array | undefined;
 }
 
-function planFused(fn: string, x: unknown, scale: unknown, offset: unknown, options: unknown): FusedPlan {
+export function planFused(fn: string, x: unknown, scale: unknown, offset: unknown, options: unknown): FusedPlan {
   const t = checkTensor(fn, 'x', x);
   const o = checkOptions<FusedBatchNormOptions>(fn, options, OPTION_KEYS.fusedBatchNorm);
   const { view, eps, f, training } = checkFusedOptions(fn, t.shape, o);
@@ -184,8 +188,7 @@ interface Stats {
   count: number;
 }
 
-function statsFrom(p: FusedPlan, mean64: Float64Array, m2: Float64Array): Stats {
-  const n = product(p.view.reduceAxes.map((i) => p.view.shape[i]));
+export function statsFrom(p: FusedPlan, mean64: Float64Array, m2: Float64Array, n = p.view.n): Stats {
   const bessel = Math.max(n - 1, 1);
   return {
     mean: Float32Array.from(mean64),
@@ -195,7 +198,7 @@ function statsFrom(p: FusedPlan, mean64: Float64Array, m2: Float64Array): Stats 
   };
 }
 
-function finishFused(p: FusedPlan, y: Tensor, s: Stats | null): FusedBatchNormResult {
+export function finishFused(p: FusedPlan, y: Tensor, s: Stats | null): FusedBatchNormResult {
   const C = p.view.C;
   const vec = (data: Float32Array): Tensor => ({ data, shape: [C] });
   if (!s) {
@@ -217,7 +220,7 @@ function finishFused(p: FusedPlan, y: Tensor, s: Stats | null): FusedBatchNormRe
   };
 }
 
-function paramTensor(p: FusedPlan, data: Float32Array | null): Tensor | null {
+export function paramTensor(p: FusedPlan, data: Float32Array | null): Tensor | null {
   return data ? { data, shape: p.view.paramShape } : null;
 }
 
@@ -239,6 +242,7 @@ export function fusedBatchNorm(
   x: Tensor | DeviceTensor, scale: DeviceTensor | Float32Array | Tensor | number | null,
   offset: DeviceTensor | Float32Array | Tensor | number | null, options?: FusedBatchNormOptions | DeviceFusedBatchNormOptions,
 ): FusedBatchNormResult | DeviceFusedBatchNormResult {
+  rejectSync('fusedBatchNorm', options);
   // DeviceTensor x: cuDNN's fused training forward where it applies, else our CUDA kernels (lib/cudnn.ts).
   if (x instanceof DeviceTensor) return deviceFusedBatchNorm('fusedBatchNorm', x, scale, offset, options);
   const p = planFused('fusedBatchNorm', x, scale, offset, options);
@@ -272,6 +276,7 @@ export async function fusedBatchNormAsync(
   x: Tensor | DeviceTensor, scale: DeviceTensor | Float32Array | Tensor | number | null,
   offset: DeviceTensor | Float32Array | Tensor | number | null, options?: FusedBatchNormOptions | DeviceFusedBatchNormOptions,
 ): Promise<FusedBatchNormResult | DeviceFusedBatchNormResult> {
+  if (wantsSync(options)) return (await syncFusedBatchNorm('fusedBatchNormAsync', x, scale, offset, options)).result;
   if (x instanceof DeviceTensor) return deviceFusedBatchNormAsync('fusedBatchNormAsync', x, scale, offset, options);
   const site = new Error();
   const p = planFused('fusedBatchNormAsync', x, scale, offset, options);
@@ -308,6 +313,8 @@ export interface BatchNormGradOptions {
   out?: Float32Array;
   /** The forward's ε: passed to cuDNN with DeviceTensor inputs (it asks for the same value); default 1e-3. */
   epsilon?: number;
+  /** dx of the whole batch across the communicator's ranks (the Async variant only). */
+  sync?: Communicator;
 }
 
 export interface BatchNormGrads {
@@ -316,7 +323,7 @@ export interface BatchNormGrads {
   doffset: Tensor;
 }
 
-interface GradPlan {
+export interface GradPlan {
   args: [Float32Array, Float32Array, number, number, number, Float64Array];
   view: ChannelView;
   scale: Float32Array | null;
@@ -326,7 +333,7 @@ interface GradPlan {
   backend: ReturnType<typeof backendCode>;
 }
 
-function planGrad(fn: string, dy: unknown, x: unknown, scale: unknown, saved: unknown, options: unknown): GradPlan {
+export function planGrad(fn: string, dy: unknown, x: unknown, scale: unknown, saved: unknown, options: unknown): GradPlan {
   const xt = checkTensor(fn, 'x', x);
   const dyt = checkTensor(fn, 'dy', dy);
   if (fmtShape(dyt.shape) !== fmtShape(xt.shape)) {
@@ -357,9 +364,8 @@ function planGrad(fn: string, dy: unknown, x: unknown, scale: unknown, saved: un
 }
 
 /** Per-channel coefficients of dx = g·(dy − a − (x − μ)·b), and dscale/doffset. */
-function gradCoefficients(p: GradPlan, s1: Float64Array, s2: Float64Array) {
+export function gradCoefficients(p: GradPlan, s1: Float64Array, s2: Float64Array, N = p.view.n) {
   const C = p.view.C;
-  const N = p.view.A * p.view.B;
   const g = new Float64Array(C);
   const a = new Float64Array(C);
   const b = new Float64Array(C);
@@ -396,6 +402,7 @@ export function batchNormalizationGrad(
   dy: Tensor | DeviceTensor, x: Tensor | DeviceTensor, scale: DeviceTensor | Float32Array | Tensor | number | null,
   saved: { mean: DeviceTensor | Float32Array | Tensor; invStd: DeviceTensor | Float32Array | Tensor }, options?: BatchNormGradOptions,
 ): BatchNormGrads | DeviceBatchNormGrads {
+  rejectSync('batchNormalizationGrad', options);
   // DeviceTensor inputs: cuDNN's backward (the only GPU backward pass in this version).
   if (x instanceof DeviceTensor) return deviceBatchNormGrad('batchNormalizationGrad', dy, x, scale, saved, options);
   const p = planGrad('batchNormalizationGrad', dy, x, scale, saved, options);
@@ -420,6 +427,7 @@ export async function batchNormalizationGradAsync(
   dy: Tensor | DeviceTensor, x: Tensor | DeviceTensor, scale: DeviceTensor | Float32Array | Tensor | number | null,
   saved: { mean: DeviceTensor | Float32Array | Tensor; invStd: DeviceTensor | Float32Array | Tensor }, options?: BatchNormGradOptions,
 ): Promise<BatchNormGrads | DeviceBatchNormGrads> {
+  if (wantsSync(options)) return syncBatchNormGrad('batchNormalizationGradAsync', dy, x, scale, saved, options);
   if (x instanceof DeviceTensor) return deviceBatchNormGradAsync('batchNormalizationGradAsync', dy, x, scale, saved, options);
   const site = new Error();
   const p = planGrad('batchNormalizationGradAsync', dy, x, scale, saved, options);

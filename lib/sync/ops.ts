@@ -1,0 +1,176 @@
+// Synchronized batch normalization (PyTorch SyncBatchNorm semantics) on host tensors:
+// each rank holds a shard of the batch, and the ops exchange only per-channel numbers.
+//   forward:  gather (count, mean, M2) of every shard in float64, merge them in rank order
+//             with Chan et al.'s update (exact, deterministic), normalize with the global
+//             statistics, update the running statistics with the global unbiased variance;
+//   backward: all-reduce Σdy and Σdy·(x − μ) per channel (and the count), then apply dx
+//             locally. dscale/doffset stay the shard's own sums, as in PyTorch: summing
+//             them over the ranks (what data-parallel training does with every parameter
+//             gradient) gives the whole batch's.
+// Shards may have different batch sizes, including 0. Every piece is an existing local
+// primitive; only the exchange is new.
+import { backendCode } from '../backend';
+import { native } from '../binding';
+import { DeviceTensor } from '../device';
+import { BackendError, withCallerStack } from '../errors';
+import { batchNormalizationAsync, planMoments, type Moments, type MomentsOptions } from '../ops';
+import { product, type Tensor } from '../tensor';
+import {
+  batchNormalizationGradAsync, finishFused, fusedBatchNormAsync, gradCoefficients, mergeMoments, paramTensor, planFused,
+  planGrad, statsFrom, type BatchNormGradOptions, type BatchNormGrads, type FusedBatchNormOptions,
+  type FusedBatchNormResult, type SufficientStatistics,
+} from '../training';
+import { abortGroup, checkCommunicator, collective, type Communicator } from './communicator';
+
+/** Whether a public op's options ask for synchronization. */
+export function wantsSync(options: unknown): boolean {
+  return options !== null && typeof options === 'object' && (options as { sync?: unknown }).sync !== undefined;
+}
+
+/**
+ * The synchronous ops cannot wait for other ranks: a communicator is a TypeError there,
+ * and the group is aborted (when the communicator can be) so that no rank waits for this one.
+ */
+export function rejectSync(fn: string, options: unknown): void {
+  if (wantsSync(options)) {
+    const e = new TypeError(`${fn}: options.sync needs the Promise-returning variant (${fn}Async); collectives cannot run synchronously`);
+    const sync = (options as { sync: unknown }).sync as Communicator;
+    if (sync && typeof sync === 'object' && typeof sync.abort === 'function') abortGroup(sync, e);
+    throw e;
+  }
+}
+
+function splitSync<T extends object>(fn: string, options: unknown): { comm: Communicator; rest: T } {
+  const { sync, ...rest } = options as { sync: unknown };
+  return { comm: checkCommunicator(fn, 'options.sync', sync), rest: rest as T };
+}
+
+function rejectDevice(fn: string, ...tensors: unknown[]): void {
+  if (tensors.some((t) => t instanceof DeviceTensor)) {
+    throw new BackendError(`${fn}: options.sync takes host tensors; synchronized statistics of DeviceTensors need device ` +
+      `collectives inside the device training ops, which they do not have: download() the shard first`, 'ERR_UNSUPPORTED');
+  }
+}
+
+/**
+ * Runs `body` for one rank: any failure of this rank (bad arguments, a native error, a
+ * collective that failed) aborts the group, so that no other rank waits for it, and is
+ * rethrown with the caller's stack.
+ */
+async function asRank<R>(fn: string, comm: Communicator, site: Error, body: () => Promise<R>): Promise<R> {
+  try {
+    return await body();
+  } catch (e) {
+    abortGroup(comm, e instanceof Error ? new Error(`${fn} failed on rank ${comm.rank}: ${e.message}`) : e);
+    throw withCallerStack(e, site);
+  }
+}
+
+/**
+ * The statistics of the whole batch: every rank's (count, mean, M2) gathered and merged in
+ * rank order (Chan et al.), so every rank computes bit-identical values.
+ */
+export async function gatherStatistics(
+  fn: string, comm: Communicator, count: number, mean: Float64Array, m2: Float64Array,
+): Promise<SufficientStatistics> {
+  const n = mean.length;
+  const payload = new Float64Array(2 * n + 1);
+  payload[0] = count;
+  payload.set(mean, 1);
+  payload.set(m2, 1 + n);
+  const all = await collective(fn, comm, 'allGather', payload);
+  const shard = (r: number): SufficientStatistics => {
+    const o = r * (2 * n + 1);
+    return { count: all[o], mean: all.subarray(o + 1, o + 1 + n), m2: all.subarray(o + 1 + n, o + 1 + 2 * n), shape: [n] };
+  };
+  let acc = shard(0);
+  for (let r = 1; r < comm.size; r++) acc = mergeMoments(acc, shard(r));
+  return acc;
+}
+
+/** momentsAsync with options.sync: the moments of the concatenation of every rank's x. */
+export async function syncMoments(fn: string, x: unknown, axes: unknown, options: unknown): Promise<Moments> {
+  const site = new Error();
+  const { comm, rest } = splitSync<MomentsOptions>(fn, options);
+  return asRank(fn, comm, site, async () => {
+    rejectDevice(fn, x);
+    const p = planMoments(fn, x, axes, rest);
+    const k = p.mean.length;
+    const mean = new Float64Array(k);
+    const m2 = new Float64Array(k);
+    await native.momentsAsync(p.x, p.shape, p.axes, 0, new Float32Array(k), new Float32Array(k), p.backend, mean, m2);
+    const red = new Set(p.axes);
+    const s = await gatherStatistics(fn, comm, product(p.shape.filter((_, i) => red.has(i))), mean, m2);
+    const d = s.count - p.correction;
+    for (let i = 0; i < k; i++) {
+      p.mean[i] = s.count > 0 ? s.mean[i] : NaN;
+      p.variance[i] = d > 0 ? s.m2[i] / d : NaN;
+    }
+    return { mean: { data: p.mean, shape: p.outShape }, variance: { data: p.variance, shape: p.outShape.slice() } };
+  });
+}
+
+/**
+ * fusedBatchNormAsync with options.sync. Training: statistics of the whole batch; the
+ * result is FusedBatchNormResult of the global statistics, `count` the whole batch's
+ * per-channel count. Inference: the running statistics, no exchange.
+ */
+export async function syncFusedBatchNorm(
+  fn: string, x: unknown, scale: unknown, offset: unknown, options: unknown,
+): Promise<{ result: FusedBatchNormResult; count: number }> {
+  const site = new Error();
+  const { comm, rest } = splitSync<FusedBatchNormOptions>(fn, options);
+  return asRank(fn, comm, site, async () => {
+    rejectDevice(fn, x, scale, offset, rest.mean, rest.variance);
+    const p = planFused(fn, x, scale, offset, rest);
+    if (!p.training) {
+      const result = await fusedBatchNormAsync(x as Tensor, scale as Float32Array | null, offset as Float32Array | null, rest);
+      return { result, count: p.view.n };
+    }
+    const C = p.view.C;
+    const mean = new Float64Array(C);
+    const m2 = new Float64Array(C);
+    await native.momentsAsync(p.x.data, p.x.shape, p.view.reduceAxes, 0, new Float32Array(C), new Float32Array(C),
+      backendCode(fn, p.backend), mean, m2);
+    const g = await gatherStatistics(fn, comm, p.view.n, mean, m2);
+    const s = statsFrom(p, g.mean, g.m2, g.count);
+    const ps = p.view.paramShape;
+    const y = await batchNormalizationAsync(p.x, { data: s.mean, shape: ps }, { data: s.varBiased, shape: ps },
+      paramTensor(p, p.offset), paramTensor(p, p.scale), p.eps, { backend: p.backend, out: p.out });
+    return { result: finishFused(p, y, s), count: g.count };
+  });
+}
+
+/**
+ * batchNormalizationGradAsync with options.sync. Training: dx of the whole batch's
+ * statistics (Σdy and Σdy·(x − μ) all-reduced); dscale/doffset are this shard's sums.
+ * Frozen statistics (isTraining false): no exchange.
+ */
+export async function syncBatchNormGrad(
+  fn: string, dy: unknown, x: unknown, scale: unknown, saved: unknown, options: unknown,
+): Promise<BatchNormGrads> {
+  const site = new Error();
+  const { comm, rest } = splitSync<BatchNormGradOptions>(fn, options);
+  return asRank(fn, comm, site, async () => {
+    const sv = saved && typeof saved === 'object' ? saved as { mean?: unknown; invStd?: unknown } : {};
+    rejectDevice(fn, dy, x, scale, sv.mean, sv.invStd);
+    const p = planGrad(fn, dy, x, scale, saved, rest);
+    if (!p.training) {
+      return batchNormalizationGradAsync(dy as Tensor, x as Tensor, scale as Float32Array | null,
+        saved as { mean: Float32Array; invStd: Float32Array }, rest);
+    }
+    const C = p.view.C;
+    const s1 = new Float64Array(C);
+    const s2 = new Float64Array(C);
+    await native.channelGradSumsAsync(...p.args, s1, s2, p.backend);
+    const payload = new Float64Array(2 * C + 1);
+    payload.set(s1, 0);
+    payload.set(s2, C);
+    payload[2 * C] = p.view.n;
+    const sum = await collective(fn, comm, 'allReduce', payload);
+    const global = gradCoefficients(p, sum.subarray(0, C), sum.subarray(C, 2 * C), sum[2 * C]);
+    const local = gradCoefficients(p, s1, s2);
+    await native.channelGradApplyAsync(...p.args, global.g, global.a, global.b, p.dx, p.backend);
+    return { dx: { data: p.dx, shape: p.view.shape }, dscale: { data: local.dscale, shape: [C] }, doffset: { data: local.doffset, shape: [C] } };
+  });
+}
