@@ -143,6 +143,20 @@ export interface Binding {
     dx: DeviceHandle, dscale: DeviceHandle, doffset: DeviceHandle, backend: BackendCode,
   ): Promise<BackendName>;
 
+  // ---- NCCL communicator (cuda/nccl.cu, native/nccl_binding.cc) ----
+  /** The NCCL loader on `path` (file or directory; default: the process's library from BATCHNORM_NCCL_PATH, then libnccl.so.2). No GPU needed. */
+  ncclProbe(path?: string): { loaded: boolean; version: number; path: string; reason: string | null };
+  /** ncclGetUniqueId: 128 bytes for ncclCommInitRankAsync on every rank. BackendError without CUDA or NCCL. */
+  ncclGetUniqueId(): Uint8Array;
+  /** ncclCommInitRank on device 0 of this process; resolves when every rank has joined. */
+  ncclCommInitRankAsync(id: Uint8Array, size: number, rank: number): Promise<NcclCommHandle>;
+  /** Sum over the ranks: Float64Arrays (staged through the device) or float32 DeviceTensor handles; recv.length = send.length. */
+  ncclAllReduceAsync(comm: NcclCommHandle, send: Float64Array | DeviceHandle, recv: Float64Array | DeviceHandle, size: number): Promise<void>;
+  /** Rank-ordered concatenation; recv.length = size · send.length. */
+  ncclAllGatherAsync(comm: NcclCommHandle, send: Float64Array | DeviceHandle, recv: Float64Array | DeviceHandle, size: number): Promise<void>;
+  /** ncclCommDestroy, or ncclCommAbort when abort (in-flight collectives then reject). Idempotent. */
+  ncclCommDestroy(comm: NcclCommHandle, abort: boolean): void;
+
   // ---- DeviceTensor handles (native/device_binding.cc) ----
   /** Copies data into new device memory. Throws BackendError when CUDA is unavailable (except for 0 elements). */
   deviceUpload(data: Float32Array): DeviceHandle;
@@ -160,6 +174,9 @@ export interface Binding {
   /** Benchmark helper: per-run milliseconds from CUDA events, after `warmup` untimed runs. */
   deviceTimeOp(op: 'moments' | 'batchNormalization' | 'copy' | 'read', spec: object, warmup: number, reps: number): number[];
 }
+
+/** An opaque native handle to an NCCL communicator (a Napi::External). */
+export interface NcclCommHandle { readonly __brand: 'NcclCommHandle' }
 
 /** An opaque native handle to device memory (a Napi::External). */
 export interface DeviceHandle { readonly __brand: 'DeviceHandle' }

@@ -117,6 +117,7 @@ function printInfo(): void {
   const c = i.cuda;
   console.log(`CUDA: ${c.compiled ? `compiled in (runtime ${c.runtimeVersion})` : 'not compiled in'}` +
     (c.available ? `, device 0: ${c.name}, compute ${c.computeCapability}, ${(c.totalMemory / 2 ** 30).toFixed(1)} GiB, driver ${c.driverVersion}` : ''));
+  console.log(`NCCL: ${i.nccl.available ? `available (version ${i.nccl.version})` : `unavailable: ${i.nccl.reason}`}`);
 }
 
 export const COMMANDS: Record<string, Command> = {

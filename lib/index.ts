@@ -29,3 +29,6 @@ export { checkCommunicator, CollectiveError, type Communicator, type ReduceOp } 
 export {
   createThreadGroup, threadCommunicator, abortThreadGroup, type ThreadGroupHandle, type ThreadGroupOptions,
 } from './sync/threads';
+export {
+  NcclCommunicator, ncclProbe, type NcclProbe, type NcclCommunicatorOptions,
+} from './sync/nccl';

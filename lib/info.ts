@@ -3,6 +3,7 @@ import * as path from 'node:path';
 import type { NativeCudaInfo } from '../binding';
 import { native } from './binding';
 import { backends, type BackendInfo } from './backend';
+import { ncclStatus } from './sync/nccl';
 
 export const version: string = (
   JSON.parse(fs.readFileSync(path.join(__dirname, '..', '..', 'package.json'), 'utf8')) as { version: string }
@@ -15,6 +16,8 @@ export interface Info {
   /** Instruction-set level the CPU kernels were dispatched to on this machine. */
   cpuFeatures: string;
   cuda: NativeCudaInfo;
+  /** The NCCL communicator (optional component, loaded at first use): can it run here, and why not. */
+  nccl: { available: boolean; version: number; reason: string | null };
   node: string;
   napi: string | undefined;
 }
@@ -27,6 +30,7 @@ export function info(): Info {
     threads: native.numThreads(),
     cpuFeatures: native.cpuFeatures(),
     cuda: native.cudaInfo(),
+    nccl: ncclStatus(),
     node: process.version,
     napi: process.versions.napi,
   };

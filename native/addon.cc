@@ -15,6 +15,7 @@
 #include "../cuda/cuda_backend.h"
 #include "async_work.h"
 #include "../cuda/cudnn_backend.h"
+#include "nccl_binding.h"
 #include "backend.h"
 #include "device_binding.h"
 #include "hostmem.h"
@@ -506,6 +507,7 @@ class Addon : public Napi::Addon<Addon> {
         InstanceMethod("batchNormGradDeviceAsync", &Addon::FusedBackwardAsync),
     });
     register_device_functions(env, exports);
+    register_nccl_functions(env, exports);
     // The cuDNN handle lives while any environment does (cuda/cudnn_bn.cu).
     cudnn::attach_environment();
     env.AddCleanupHook([] { cudnn::detach_environment(); });

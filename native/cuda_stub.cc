@@ -2,6 +2,7 @@
 // why they are unavailable through the same dispatch that carries them otherwise.
 #include "../cuda/cuda_backend.h"
 #include "../cuda/cudnn_backend.h"
+#include "../cuda/nccl_backend.h"
 
 namespace bn {
 namespace cuda {
@@ -72,5 +73,33 @@ Status backward(const BackwardArgs&) { return unavailable("batchNormalizationGra
 void attach_environment() {}
 void detach_environment() {}
 }  // namespace cudnn
+
+// ---- NCCL stand-ins (cuda/nccl.cu is compiled only with nvcc) ----------------------
+namespace nccl {
+namespace {
+const char* kNotCompiled = "built without CUDA (nvcc was not found when the addon was compiled)";
+Status unavailable(const char* op) {
+  return Status::Error(Code::kBackendUnavailable, std::string(op) + ": NCCL needs the CUDA backend: " + kNotCompiled);
+}
+}  // namespace
+
+struct Comm {};
+LoadInfo probe(const std::string&) {
+  LoadInfo i;
+  i.reason = kNotCompiled;
+  return i;
+}
+Status unique_id(unsigned char*) { return unavailable("ncclGetUniqueId"); }
+Status comm_init(const unsigned char*, int, int, Comm** out) {
+  *out = nullptr;
+  return unavailable("ncclCommInitRank");
+}
+void comm_abort(Comm*) {}
+void comm_free(Comm* c) { delete c; }
+Status all_reduce_host(Comm*, const double*, double*, size_t) { return unavailable("allReduce"); }
+Status all_gather_host(Comm*, const double*, double*, size_t) { return unavailable("allGather"); }
+Status all_reduce_device(Comm*, const float*, float*, size_t) { return unavailable("allReduceDevice"); }
+Status all_gather_device(Comm*, const float*, float*, size_t) { return unavailable("allGatherDevice"); }
+}  // namespace nccl
 
 }  // namespace bn

@@ -17,6 +17,7 @@ enum class Code {
   kCudaOutOfMemory,     // -> BackendError ERR_CUDA_OUT_OF_MEMORY
   kCudnn,               // -> BackendError ERR_CUDNN
   kUnsupported,         // -> BackendError ERR_UNSUPPORTED (backend cannot do this call)
+  kNccl,                // -> BackendError ERR_NCCL
 };
 
 struct Status {
@@ -37,6 +38,7 @@ inline const char* backend_error_code(Code c) {
     case Code::kCudaOutOfMemory: return "ERR_CUDA_OUT_OF_MEMORY";
     case Code::kCudnn: return "ERR_CUDNN";
     case Code::kUnsupported: return "ERR_UNSUPPORTED";
+    case Code::kNccl: return "ERR_NCCL";
     default: return "ERR_INTERNAL";
   }
 }

@@ -1,0 +1,49 @@
+// The NCCL communicator as seen from native/: plain C++, no CUDA or NCCL headers.
+// Implemented by cuda/nccl.cu and, without nvcc, by native/cuda_stub.cc.
+#pragma once
+#include <cstddef>
+#include <string>
+
+#include "../native/status.h"
+
+namespace bn {
+namespace nccl {
+
+// Outcome of finding libnccl: dlopen, dlsym of every symbol, ncclGetVersion().
+struct LoadInfo {
+  bool loaded = false;
+  int version = 0;    // ncclGetVersion(), e.g. 22703 for 2.27.3; 0 when not called
+  std::string path;   // what was opened (a path or a soname)
+  std::string reason; // why not, when !loaded
+};
+
+// The loader run on `path` ("" = BATCHNORM_NCCL_PATH when set, else libnccl.so.2).
+// Needs no GPU. The first call with "" also becomes the process's library.
+LoadInfo probe(const std::string& path);
+
+constexpr size_t kUniqueIdBytes = 128;
+
+// ncclGetUniqueId into out[128]. Needs the library and the CUDA backend.
+Status unique_id(unsigned char* out);
+
+struct Comm;  // an ncclComm_t and its state
+
+// ncclCommInitRank on device 0 of this process (one process per GPU: the caller picks
+// the GPU with CUDA_VISIBLE_DEVICES). Blocks until every rank has joined.
+Status comm_init(const unsigned char* id, int size, int rank, Comm** out);
+// ncclCommAbort, callable while a collective of another thread is in flight (that
+// collective then fails); later collectives fail at once. Idempotent.
+void comm_abort(Comm* c);
+// ncclCommDestroy (unless aborted) and frees *c; no collective may be in flight. null: no-op.
+void comm_free(Comm* c);
+
+// Collectives on our stream, waited for. Host variants stage float64 arrays through
+// device memory; device variants take float32 device pointers and never touch the host.
+// all_gather: recv holds size·count elements, rank-ordered.
+Status all_reduce_host(Comm* c, const double* send, double* recv, size_t count);
+Status all_gather_host(Comm* c, const double* send, double* recv, size_t count);
+Status all_reduce_device(Comm* c, const float* send, float* recv, size_t count);
+Status all_gather_device(Comm* c, const float* send, float* recv, size_t count);
+
+}  // namespace nccl
+}  // namespace bn
