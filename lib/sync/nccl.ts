@@ -80,10 +80,28 @@ export class NcclCommunicator implements Communicator {
     const timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
     if (typeof timeoutMs !== 'number' || !(timeoutMs > 0)) throw new RangeError(`${fn}: options.timeoutMs must be a number > 0, got ${describe(timeoutMs)}`);
     const site = new Error();
+    // A rank that never joins would leave the promise pending forever: reject after
+    // timeoutMs (the blocked init ends, and its communicator is destroyed, if the rank
+    // joins later).
+    let timer: NodeJS.Timeout | undefined;
+    let timedOut = false;
+    const init = native.ncclCommInitRankAsync(id, size, rank);
+    const deadline = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => {
+        timedOut = true;
+        init.then((h) => native.ncclCommDestroy(h, true), () => undefined);
+        reject(new CollectiveError(`${fn}: ncclCommInitRank (rank ${rank} of ${size}) did not complete within ${timeoutMs} ms; ` +
+          'a rank never joined or the id differs', 'ERR_COLLECTIVE_TIMEOUT'));
+      }, timeoutMs);
+    });
     try {
-      return new NcclCommunicator(await native.ncclCommInitRankAsync(id, size, rank), size, rank, timeoutMs);
+      const h = await Promise.race([init, deadline]);
+      if (timedOut) throw new CollectiveError(`${fn}: timed out`, 'ERR_COLLECTIVE_TIMEOUT');
+      return new NcclCommunicator(h, size, rank, timeoutMs);
     } catch (e) {
       throw withCallerStack(e, site);
+    } finally {
+      clearTimeout(timer);
     }
   }
 
