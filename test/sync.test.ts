@@ -271,6 +271,13 @@ describe('sync ops: communicator checks', () => {
     await assert.rejects(momentsAsync(x, [0], { sync: stuck }), (e: CollectiveError) => e.code === 'ERR_COLLECTIVE_TIMEOUT' && /timed out after 30 ms/.test(e.message));
   });
 
+  it('the batch axis (0) must be reduced, and cannot be the channel axis', async () => {
+    await assert.rejects(momentsAsync(x, [1], { sync: one() }), /momentsAsync: with options\.sync the ranks hold shards of the batch \(axis 0\), so axes must include 0, got \[1\]/);
+    await assert.rejects(fusedBatchNormAsync(x, null, null, { axis: 0, sync: one() }), /fusedBatchNormAsync: .*cannot be the channel axis/);
+    const f = fusedBatchNorm(x, null, null, { axis: 0 });
+    await assert.rejects(batchNormalizationGradAsync(x, x, null, { mean: f.savedMean, invStd: f.savedInvStd }, { axis: 0, sync: one() }), RangeError);
+  });
+
   it('a single-rank user communicator gives the unsynchronized results exactly', async () => {
     const m = await momentsAsync(x, [0], { sync: one() });
     const ref = moments(x, [0]);

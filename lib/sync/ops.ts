@@ -52,6 +52,13 @@ function rejectDevice(fn: string, ...tensors: unknown[]): void {
   }
 }
 
+// The ranks hold shards of the batch, axis 0; it cannot be the channel axis.
+function checkBatchAxis(fn: string, channelAxis: number): void {
+  if (channelAxis === 0) {
+    throw new RangeError(`${fn}: with options.sync the ranks hold shards of the batch (axis 0), which cannot be the channel axis`);
+  }
+}
+
 /**
  * Runs `body` for one rank: any failure of this rank (bad arguments, a native error, a
  * collective that failed) aborts the group, so that no other rank waits for it, and is
@@ -95,6 +102,9 @@ export async function syncMoments(fn: string, x: unknown, axes: unknown, options
   return asRank(fn, comm, site, async () => {
     rejectDevice(fn, x);
     const p = planMoments(fn, x, axes, rest);
+    if (!p.axes.includes(0)) {
+      throw new RangeError(`${fn}: with options.sync the ranks hold shards of the batch (axis 0), so axes must include 0, got [${p.axes.join(', ')}]`);
+    }
     const k = p.mean.length;
     const mean = new Float64Array(k);
     const m2 = new Float64Array(k);
@@ -123,6 +133,7 @@ export async function syncFusedBatchNorm(
   return asRank(fn, comm, site, async () => {
     rejectDevice(fn, x, scale, offset, rest.mean, rest.variance);
     const p = planFused(fn, x, scale, offset, rest);
+    checkBatchAxis(fn, p.view.axis);
     if (!p.training) {
       const result = await fusedBatchNormAsync(x as Tensor, scale as Float32Array | null, offset as Float32Array | null, rest);
       return { result, count: p.view.n };
@@ -155,6 +166,7 @@ export async function syncBatchNormGrad(
     const sv = saved && typeof saved === 'object' ? saved as { mean?: unknown; invStd?: unknown } : {};
     rejectDevice(fn, dy, x, scale, sv.mean, sv.invStd);
     const p = planGrad(fn, dy, x, scale, saved, rest);
+    checkBatchAxis(fn, p.view.axis);
     if (!p.training) {
       return batchNormalizationGradAsync(dy as Tensor, x as Tensor, scale as Float32Array | null,
         saved as { mean: Float32Array; invStd: Float32Array }, rest);
