@@ -12,6 +12,19 @@ describe('examples', () => {
     assert.ok(m && Number(m[2]) < Number(m[1]) / 10, r.stdout);
     assert.match(r.stdout, /inference-mode y/);
   });
+
+  it('examples/sync-threads.js: 3 thread shards train like one layer on the whole batch', function () {
+    this.timeout(60000);
+    const file = path.join(__dirname, '..', '..', 'examples', 'sync-threads.js');
+    const r = spawnSync(process.execPath, [file], { encoding: 'utf8' });
+    assert.equal(r.status, 0, r.stderr);
+    const ranks = [...r.stdout.matchAll(/^rank \d: .*loss (\S+) → (\S+), .*running mean (\S+), running variance (\S+), gamma (\S+)$/gm)];
+    assert.equal(ranks.length, 3, r.stdout);
+    for (const m of ranks) {
+      assert.ok(Number(m[2]) < Number(m[1]) / 100, m[0]);
+      for (const d of [m[3], m[4], m[5]]) assert.ok(Number(d) <= 1e-5, m[0]);
+    }
+  });
 });
 
 describe("README's example", () => {
