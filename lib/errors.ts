@@ -2,7 +2,7 @@
  * Errors of a backend (not of the caller's arguments): the backend is unavailable, a
  * CUDA or cuDNN call failed, memory ran out. `code` is a stable string:
  * ERR_BACKEND_UNAVAILABLE, ERR_OUT_OF_MEMORY, ERR_CUDA, ERR_CUDA_OUT_OF_MEMORY, ERR_CUDNN,
- * ERR_UNSUPPORTED. Argument errors are TypeError / RangeError.
+ * ERR_UNSUPPORTED, ERR_NCCL. Argument errors are TypeError / RangeError.
  */
 export class BackendError extends Error {
   readonly code: string;
