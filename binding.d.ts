@@ -108,6 +108,16 @@ export interface Binding {
   memoryBandwidth(bytes: number, reps: number): { copy: number; read: number };
   /** Registers lib's BackendError class; native errors are constructed as new cls(message, code). */
   setBackendErrorClass(cls: new (message: string, code: string) => Error): void;
+  /**
+   * How the host bytes of two typed arrays relate, judged by address (two
+   * SharedArrayBuffer objects can share memory): 'same' = exactly the same bytes.
+   */
+  memoryRelation(a: ArrayBufferView, b: ArrayBufferView): 'disjoint' | 'same' | 'overlap';
+  /**
+   * A zeroed Float32Array of `length` (>= 1) elements whose memory is returned to the
+   * system off the JS thread once it is collected (for large outputs).
+   */
+  allocFloat32(length: number): Float32Array;
 
   // ---- cuDNN path (cuda/cudnn_bn.cu; issue 5) ----
   /** The cuDNN loader run afresh on `path` (file or directory; default: BATCHNORM_CUDNN_PATH, then the sonames). No GPU needed. */

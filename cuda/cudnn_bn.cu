@@ -62,9 +62,14 @@ bool is_directory(const std::string& p) {
   struct stat st;
   return stat(p.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
 }
+// Only regular files reach dlopen: opening a FIFO (or a device) would block the caller.
 bool is_file(const std::string& p) {
   struct stat st;
-  return stat(p.c_str(), &st) == 0 && !S_ISDIR(st.st_mode);
+  return stat(p.c_str(), &st) == 0 && S_ISREG(st.st_mode);
+}
+bool exists(const std::string& p) {
+  struct stat st;
+  return stat(p.c_str(), &st) == 0;
 }
 
 // Libraries are never dlclose'd: cuDNN keeps threads and static state, and unloading it
@@ -87,7 +92,8 @@ std::string version_text(int v) {
 }
 int version_major(int v) { return v >= 10000 ? v / 10000 : v / 1000; }
 
-LoadInfo load(const std::string& override_path, Api* api) {
+// override_path: "" = the default search path; `source` says where it came from (for reasons).
+LoadInfo load(const std::string& override_path, const std::string& source, Api* api) {
   LoadInfo info;
   std::string dir;  // where sibling libraries are looked for; "" = default search path
   std::string main_name = kMainSoname;
@@ -101,7 +107,7 @@ LoadInfo load(const std::string& override_path, Api* api) {
       const size_t slash = override_path.rfind('/');
       if (slash != std::string::npos) dir = override_path.substr(0, slash);
     }
-    tried = "BATCHNORM_CUDNN_PATH=" + override_path;
+    tried = source + override_path;
   } else {
     tried = std::string(kMainSoname) + " on the default library search path";
   }
@@ -115,8 +121,13 @@ LoadInfo load(const std::string& override_path, Api* api) {
     }
   }
   std::string err;
-  void* main = open_library(main_name, &err);
   info.path = main_name;
+  // A name that exists must be a regular file (a bare soname is left to the search path).
+  if (exists(main_name) && !is_file(main_name)) {
+    info.reason = std::string(kMainSoname) + " not loaded (tried " + tried + ": not a regular file or a directory)";
+    return info;
+  }
+  void* main = open_library(main_name, &err);
   if (!main) {
     info.reason = std::string(kMainSoname) + " not found (tried " + tried + ": " + err + ")" +
                   (override_path.empty() ? "; set BATCHNORM_CUDNN_PATH to the library or its directory" : "");
@@ -179,7 +190,7 @@ Library& lib() {
   static Library* l = [] {
     auto* x = new Library;
     const char* env = std::getenv("BATCHNORM_CUDNN_PATH");
-    x->info = load(env ? env : "", &x->api);
+    x->info = load(env ? env : "", "BATCHNORM_CUDNN_PATH=", &x->api);
     return x;
   }();
   return *l;
@@ -327,9 +338,9 @@ const LoadInfo& library() { return lib().info; }
 
 LoadInfo probe(const std::string& path) {
   Api api;
-  if (!path.empty()) return load(path, &api);
+  if (!path.empty()) return load(path, "path ", &api);
   const char* env = std::getenv("BATCHNORM_CUDNN_PATH");
-  return load(env ? env : "", &api);
+  return load(env ? env : "", "BATCHNORM_CUDNN_PATH=", &api);
 }
 
 double min_epsilon() { return CUDNN_BN_MIN_EPSILON; }

@@ -8,7 +8,7 @@ import { backendCode, type BackendChoice } from './backend';
 import { withCallerStack } from './errors';
 import { checkMomentsOptions, checkOptions, OPTION_KEYS } from './check';
 import {
-  broadcastShapes, checkEpsilon, paramOperands, checkParam, checkShape, checkTensor, describe, normalizeAxes, product,
+  AsyncOutput, broadcastShapes, checkEpsilon, paramOperands, checkParam, checkShape, checkTensor, describe, fixedInput, newFloat32, normalizeAxes, product,
   type Tensor,
 } from './tensor';
 
@@ -57,13 +57,16 @@ export class DeviceTensor {
   async downloadAsync(out?: Float32Array): Promise<Float32Array> {
     const site = new Error();
     const h = this.handle('DeviceTensor.downloadAsync');
-    const dst = this.checkOut('DeviceTensor.downloadAsync', out);
+    const fn = 'DeviceTensor.downloadAsync';
+    // The copy runs on a worker thread: a caller's `out` gets the data on the JS thread afterwards.
+    const dst = out === undefined ? AsyncOutput.fresh(fn, 'the result', this.length)
+      : AsyncOutput.into(fn, 'out', this.checkOut(fn, out));
     try {
-      await native.deviceDownloadAsync(h, dst);
+      await native.deviceDownloadAsync(h, dst.target);
+      return await dst.deliver();
     } catch (e) {
       throw withCallerStack(e, site);
     }
-    return dst;
   }
 
   /** download() as a host tensor {data, shape}. */
@@ -85,7 +88,7 @@ export class DeviceTensor {
   }
 
   private checkOut(fn: string, out: Float32Array | undefined): Float32Array {
-    if (out === undefined) return new Float32Array(this.length);
+    if (out === undefined) return newFloat32(fn, 'the result', this.length);
     if (!(out instanceof Float32Array)) throw new TypeError(`${fn}: out must be a Float32Array, got ${describe(out)}`);
     if (out.length !== this.length) throw new RangeError(`${fn}: out has ${out.length} elements but the tensor has ${this.length}`);
     return out;
@@ -230,6 +233,8 @@ export async function deviceBatchNormAsync(
 ): Promise<DeviceTensor> {
   const site = new Error();
   const p = planDeviceBatchNorm(fn, x, mean, variance, offset, scale, varianceEpsilon, options);
+  // Host parameters are read by the worker thread.
+  for (const i of [2, 4, 6, 8] as const) if (p.args[i] instanceof Float32Array) p.args[i] = fixedInput(p.args[i] as Float32Array);
   try {
     await native.batchNormalizationAsync(...p.args);
   } catch (e) {

@@ -72,7 +72,10 @@ export interface BatchNormalizationOptions {
   sync?: Communicator;
 }
 
-/** Plain, JSON-able layer state. */
+/**
+ * Plain, JSON-able layer state. Non-finite numbers in the vectors are written as the
+ * strings 'NaN', 'Infinity' and '-Infinity' (JSON would turn them into null).
+ */
 export interface BatchNormalizationState {
   format: 'batchnorm-layer@1';
   convention: Convention | 'custom';
@@ -122,6 +125,73 @@ function checkSpec(fn: string, s: ConventionSpec): void {
   if (s.zeroDebias && s.momentumKind !== 'decay') throw new RangeError(`${fn}: options.zeroDebias needs momentumKind 'decay'`);
   checkNumber(fn, 'options.initialMean', s.initialMean);
   checkNumber(fn, 'options.initialVariance', s.initialVariance, { min: 0 });
+}
+
+/** JSON keeps these strings where it would turn NaN and ±Infinity into null. */
+function encodeNumber(v: number): number {
+  return (Number.isFinite(v) ? v : String(v)) as number;
+}
+
+const NON_FINITE: Readonly<Record<string, number>> = { NaN: NaN, Infinity: Infinity, '-Infinity': -Infinity };
+
+/** A state's number array: numbers (or the strings state() writes for NaN/±Infinity), C of them. */
+function stateVector(fn: string, name: string, a: unknown, C: number, nonNegative: boolean): number[] | null {
+  if (a === null || a === undefined) return null;
+  if (!Array.isArray(a)) throw new TypeError(`${fn}: state.${name} must be an array of ${C} numbers or null, got ${describe(a)}`);
+  if (a.length !== C) throw new RangeError(`${fn}: state.${name} has ${a.length} elements but state.channels is ${C}`);
+  return a.map((v, i) => {
+    const x = typeof v === 'number' ? v : typeof v === 'string' && Object.prototype.hasOwnProperty.call(NON_FINITE, v) ? NON_FINITE[v] : undefined;
+    if (x === undefined) throw new TypeError(`${fn}: state.${name}[${i}] must be a number, got ${describe(v)}`);
+    if (nonNegative && x < 0) throw new RangeError(`${fn}: state.${name}[${i}] = ${x} is negative`);
+    return x;
+  });
+}
+
+/** Every field of a state checked (errors name the field); number arrays decoded. */
+function checkState(fn: string, state: unknown): BatchNormalizationState {
+  if (state === null || typeof state !== 'object' || Array.isArray(state)) {
+    throw new TypeError(`${fn}: state must be a batchnorm layer state object, got ${describe(state)}`);
+  }
+  const s = state as Record<string, unknown>;
+  if (s.format !== 'batchnorm-layer@1') throw new TypeError(`${fn}: not a batchnorm layer state (format 'batchnorm-layer@1'), got format ${describe(s.format)}`);
+  const conv = s.convention;
+  if (conv !== 'custom' && (typeof conv !== 'string' || !Object.prototype.hasOwnProperty.call(CONVENTIONS, conv))) {
+    throw new TypeError(`${fn}: state.convention must be one of ${Object.keys(CONVENTIONS).map((k) => `'${k}'`).join(', ')} or 'custom', got ${describe(conv)}`);
+  }
+  if (s.spec === null || typeof s.spec !== 'object') throw new TypeError(`${fn}: state.spec must be an object, got ${describe(s.spec)}`);
+  const sp = s.spec as ConventionSpec;
+  const spec: ConventionSpec = {
+    momentumKind: sp.momentumKind, momentum: sp.momentum, runningVariance: sp.runningVariance, epsilon: sp.epsilon, zeroDebias: sp.zeroDebias,
+    initialMean: sp.initialMean, initialVariance: sp.initialVariance,
+  };
+  if (typeof spec.zeroDebias !== 'boolean') throw new TypeError(`${fn}: state.spec.zeroDebias must be a boolean, got ${describe(spec.zeroDebias)}`);
+  checkSpec(`${fn}: state.spec`, spec);
+  if (typeof s.axis !== 'number' || !Number.isInteger(s.axis)) throw new TypeError(`${fn}: state.axis must be an integer, got ${describe(s.axis)}`);
+  if (typeof s.center !== 'boolean') throw new TypeError(`${fn}: state.center must be a boolean, got ${describe(s.center)}`);
+  if (typeof s.scale !== 'boolean') throw new TypeError(`${fn}: state.scale must be a boolean, got ${describe(s.scale)}`);
+  const C = s.channels;
+  if (C !== null && (typeof C !== 'number' || !Number.isSafeInteger(C) || C < 1)) {
+    throw new TypeError(`${fn}: state.channels must be a positive integer or null, got ${describe(C)}`);
+  }
+  if (typeof s.steps !== 'number' || !Number.isSafeInteger(s.steps) || s.steps < 0) {
+    throw new TypeError(`${fn}: state.steps must be a non-negative integer, got ${describe(s.steps)}`);
+  }
+  const n = s.lastBatchCount;
+  if (n !== null && (typeof n !== 'number' || !Number.isSafeInteger(n) || n < 2)) {
+    throw new TypeError(`${fn}: state.lastBatchCount must be an integer >= 2 or null, got ${describe(n)}`);
+  }
+  const vectors = { gamma: false, beta: false, runningMean: false, runningVariance: true, emaMean: false, emaVariance: true } as const;
+  const out = {
+    format: 'batchnorm-layer@1', convention: conv as Convention | 'custom', spec, axis: s.axis, center: s.center, scale: s.scale,
+    channels: C as number | null, steps: s.steps, lastBatchCount: n as number | null,
+  } as BatchNormalizationState;
+  for (const [name, nonNegative] of Object.entries(vectors) as [keyof typeof vectors, boolean][]) {
+    out[name] = C === null ? null : stateVector(fn, name, s[name], C, nonNegative);
+  }
+  if (C !== null && (out.runningMean === null || out.runningVariance === null)) {
+    throw new TypeError(`${fn}: state.runningMean and state.runningVariance are required when state.channels is set`);
+  }
+  return out;
 }
 
 /**
@@ -194,6 +264,7 @@ export class BatchNormalization {
     const ax = this.axis < 0 ? this.axis + rank : this.axis;
     if (ax < 0 || ax >= rank) throw new RangeError(`${fn}: axis ${this.axis} is out of range for x of shape ${fmtShape(x.shape)}`);
     const C = x.shape[ax];
+    if (C === 0) throw new RangeError(`${fn}: x has 0 channels on axis ${this.axis} (shape ${fmtShape(x.shape)})`);
     if (this.C === null) this.build(C);
     else if (C !== this.C) throw new RangeError(`${fn}: x has ${C} channels on axis ${this.axis}; the layer has ${this.C}`);
     return ax;
@@ -412,8 +483,13 @@ export class BatchNormalization {
     return { mean: this.runMean?.slice() ?? null, variance: this.runVar?.slice() ?? null };
   }
 
+  /**
+   * The layer's state as plain JSON-able data. Non-finite statistics (a diverged model) are
+   * written as the strings 'NaN', 'Infinity' and '-Infinity', which JSON keeps (it would
+   * turn the numbers into null); loadState reads them back as the numbers.
+   */
   state(): BatchNormalizationState {
-    const arr = (a: ArrayLike<number> | null) => (a ? Array.from(a) : null);
+    const arr = (a: ArrayLike<number> | null) => (a ? Array.from(a, encodeNumber) : null);
     return {
       format: 'batchnorm-layer@1', convention: this.convention, spec: { ...this.spec }, axis: this.axis,
       center: this.center, scale: this.scale, channels: this.C,
@@ -425,41 +501,38 @@ export class BatchNormalization {
   /** Restores a state() (of this or another process); shapes must match the layer's options. */
   loadState(state: BatchNormalizationState): void {
     const fn = 'BatchNormalization.loadState';
-    if (!state || state.format !== 'batchnorm-layer@1') throw new TypeError(`${fn}: not a batchnorm layer state (format 'batchnorm-layer@1')`);
+    const st = checkState(fn, state);
     for (const k of Object.keys(this.spec) as (keyof ConventionSpec)[]) {
-      if (state.spec?.[k] !== this.spec[k]) {
-        throw new RangeError(`${fn}: state.spec.${k} is ${describe(state.spec?.[k])} but the layer's is ${describe(this.spec[k])}; convert it with BatchNormalization.convertState`);
+      if (st.spec[k] !== this.spec[k]) {
+        throw new RangeError(`${fn}: state.spec.${k} is ${describe(st.spec[k])} but the layer's is ${describe(this.spec[k])}; convert it with BatchNormalization.convertState`);
       }
     }
-    if (state.center !== this.center || state.scale !== this.scale || state.axis !== this.axis) {
-      throw new RangeError(`${fn}: state has center/scale/axis ${state.center}/${state.scale}/${state.axis}, the layer ${this.center}/${this.scale}/${this.axis}`);
+    if (st.center !== this.center || st.scale !== this.scale || st.axis !== this.axis) {
+      throw new RangeError(`${fn}: state has center/scale/axis ${st.center}/${st.scale}/${st.axis}, the layer ${this.center}/${this.scale}/${this.axis}`);
     }
-    if (state.channels === null) {
+    if (st.channels === null) {
       this.C = null;
-      this.steps = state.steps;
+      this.steps = st.steps;
+      this.lastCount = st.lastBatchCount;
       return;
     }
-    const C = state.channels;
-    const vec = (name: string, a: number[] | null, need: boolean) => {
-      if (!need) return null;
-      if (!Array.isArray(a) || a.length !== C) throw new RangeError(`${fn}: state.${name} must be an array of ${C} numbers`);
-      return a;
+    const need = (name: string, a: number[] | null, required: boolean) => {
+      if (required && a === null) throw new TypeError(`${fn}: state.${name} is required by this layer`);
+      return required ? a : null;
     };
-    const gamma = vec('gamma', state.gamma, this.scale);
-    const beta = vec('beta', state.beta, this.center);
-    const rm = vec('runningMean', state.runningMean, true)!;
-    const rv = vec('runningVariance', state.runningVariance, true)!;
-    const em = vec('emaMean', state.emaMean, this.spec.zeroDebias);
-    const ev = vec('emaVariance', state.emaVariance, this.spec.zeroDebias);
-    this.build(C);
+    const gamma = need('gamma', st.gamma, this.scale);
+    const beta = need('beta', st.beta, this.center);
+    const em = need('emaMean', st.emaMean, this.spec.zeroDebias);
+    const ev = need('emaVariance', st.emaVariance, this.spec.zeroDebias);
+    this.build(st.channels);
     if (gamma) this.gamma!.set(gamma);
     if (beta) this.beta!.set(beta);
-    this.runMean!.set(rm);
-    this.runVar!.set(rv);
+    this.runMean!.set(st.runningMean!);
+    this.runVar!.set(st.runningVariance!);
     if (em) this.emaMean!.set(em);
     if (ev) this.emaVar!.set(ev);
-    this.steps = state.steps;
-    this.lastCount = state.lastBatchCount;
+    this.steps = st.steps;
+    this.lastCount = st.lastBatchCount;
   }
 
   /**
@@ -471,16 +544,18 @@ export class BatchNormalization {
     const fn = 'BatchNormalization.convertState';
     checkOneOf(fn, 'to', to, Object.keys(CONVENTIONS) as Convention[]);
     const target = CONVENTIONS[to];
-    const out: BatchNormalizationState = JSON.parse(JSON.stringify(state));
+    // Validated and decoded (non-finite statistics as numbers); written back encoded.
+    const src = checkState(fn, state);
+    const out: BatchNormalizationState = { ...src, spec: { ...src.spec } };
     out.convention = to;
     out.spec = { ...target };
-    if (state.runningVariance && state.spec.runningVariance !== target.runningVariance) {
-      const n = state.lastBatchCount;
+    if (src.runningVariance && src.spec.runningVariance !== target.runningVariance) {
+      const n = src.lastBatchCount;
       if (!n || n < 2) throw new RangeError(`${fn}: converting between biased and unbiased running variance needs lastBatchCount >= 2, got ${describe(n)}`);
       const k = target.runningVariance === 'unbiased' ? n / (n - 1) : (n - 1) / n;
-      out.runningVariance = state.runningVariance.map((v) => v * k);
+      out.runningVariance = src.runningVariance.map((v) => v * k);
     }
-    if (target.zeroDebias && !state.spec.zeroDebias) {
+    if (target.zeroDebias && !src.spec.zeroDebias) {
       // Seed the EMA accumulators so that the debiased value equals the running value.
       const d = 1 - target.momentum! ** Math.max(out.steps, 1);
       out.steps = Math.max(out.steps, 1);
@@ -490,6 +565,10 @@ export class BatchNormalization {
       out.emaMean = null;
       out.emaVariance = null;
     }
-    return out;
+    const enc = (a: number[] | null) => (a ? a.map(encodeNumber) : null);
+    return {
+      ...out, gamma: enc(out.gamma), beta: enc(out.beta), runningMean: enc(out.runningMean),
+      runningVariance: enc(out.runningVariance), emaMean: enc(out.emaMean), emaVariance: enc(out.emaVariance),
+    };
   }
 }

@@ -9,7 +9,7 @@ import {
 } from './device';
 import { checkMomentsOptions, checkOptions, OPTION_KEYS } from './check';
 import {
-  broadcastShapes, checkEpsilon, paramOperands, checkOut, checkParam, checkTensor, describe, fmtShape, normalizeAxes,
+  AsyncOutput, broadcastShapes, checkEpsilon, paramOperands, checkOut, checkParam, checkTensor, describe, fixedInput, fmtShape, newFloat32, normalizeAxes,
   overlaps, product, sameMemory, type ParamLike, type Tensor,
 } from './tensor';
 import type { Communicator } from './sync/communicator';
@@ -48,8 +48,9 @@ export interface MomentsPlan {
   shape: number[];
   axes: number[];
   correction: number;
-  mean: Float32Array;
-  variance: Float32Array;
+  /** The caller's options.out, or null for fresh outputs. */
+  out: { mean: Float32Array; variance: Float32Array } | null;
+  n: number;
   outShape: number[];
   backend: ReturnType<typeof backendCode>;
 }
@@ -65,26 +66,24 @@ export function planMoments(fn: string, x: unknown, axes: unknown, options: unkn
     ? t.shape.map((d, i) => (reduced.has(i) ? 1 : d))
     : t.shape.filter((_, i) => !reduced.has(i));
   const n = product(outShape);
-  let mean: Float32Array;
-  let variance: Float32Array;
+  let out: MomentsPlan['out'] = null;
   if (o.out !== undefined) {
     if (o.out === null || typeof o.out !== 'object') {
       throw new TypeError(`${fn}: options.out must be {mean, variance}, got ${describe(o.out)}`);
     }
-    mean = checkOut(fn, 'options.out.mean', o.out.mean, n);
-    variance = checkOut(fn, 'options.out.variance', o.out.variance, n);
+    const mean = checkOut(fn, 'options.out.mean', o.out.mean, n);
+    const variance = checkOut(fn, 'options.out.variance', o.out.variance, n);
     if (overlaps(mean, variance)) throw new RangeError(`${fn}: options.out.mean and options.out.variance overlap`);
     if (overlaps(mean, t.data) || overlaps(variance, t.data)) {
       throw new RangeError(`${fn}: options.out must not overlap x.data`);
     }
-  } else {
-    mean = new Float32Array(n);
-    variance = new Float32Array(n);
+    out = { mean, variance };
   }
-  return {
-    x: t.data, shape: t.shape, axes: ax, correction, mean, variance, outShape,
-    backend: backendCode(fn, o.backend),
-  };
+  return { x: t.data, shape: t.shape, axes: ax, correction, out, n, outShape, backend: backendCode(fn, o.backend) };
+}
+
+function momentsResult(p: MomentsPlan, mean: Float32Array, variance: Float32Array): Moments {
+  return { mean: { data: mean, shape: p.outShape }, variance: { data: variance, shape: p.outShape.slice() } };
 }
 
 /**
@@ -96,9 +95,12 @@ export function moments(x: Tensor, axes?: number | number[], options?: MomentsOp
 export function moments(x: Tensor | DeviceTensor, axes?: number | number[], options?: MomentsOptions): Moments | DeviceMoments {
   rejectSync('moments', options);
   if (x instanceof DeviceTensor) return deviceMoments('moments', x, axes, options);  // stays on the GPU
-  const p = planMoments('moments', x, axes, options);
-  native.moments(p.x, p.shape, p.axes, p.correction, p.mean, p.variance, p.backend);
-  return { mean: { data: p.mean, shape: p.outShape }, variance: { data: p.variance, shape: p.outShape.slice() } };
+  const fn = 'moments';
+  const p = planMoments(fn, x, axes, options);
+  const mean = p.out?.mean ?? newFloat32(fn, 'the mean', p.n);
+  const variance = p.out?.variance ?? newFloat32(fn, 'the variance', p.n);
+  native.moments(p.x, p.shape, p.axes, p.correction, mean, variance, p.backend);
+  return momentsResult(p, mean, variance);
 }
 
 /** moments computed off the JS thread. x must not be modified until the promise settles. */
@@ -109,19 +111,25 @@ export async function momentsAsync(
 ): Promise<Moments | DeviceMoments> {
   if (wantsSync(options)) return syncMoments('momentsAsync', x, axes, options);
   if (x instanceof DeviceTensor) return deviceMomentsAsync('momentsAsync', x, axes, options);
+  const fn = 'momentsAsync';
   const site = new Error();
-  const p = planMoments('momentsAsync', x, axes, options);
+  const p = planMoments(fn, x, axes, options);
+  const mean = p.out ? AsyncOutput.into(fn, 'options.out.mean', p.out.mean) : AsyncOutput.fresh(fn, 'the mean', p.n);
+  const variance = p.out ? AsyncOutput.into(fn, 'options.out.variance', p.out.variance) : AsyncOutput.fresh(fn, 'the variance', p.n);
   try {
-    await native.momentsAsync(p.x, p.shape, p.axes, p.correction, p.mean, p.variance, p.backend);
+    await native.momentsAsync(fixedInput(p.x), p.shape, p.axes, p.correction, mean.target, variance.target, p.backend);
+    return momentsResult(p, await mean.deliver(), await variance.deliver());
   } catch (e) {
     throw withCallerStack(e, site);
   }
-  return { mean: { data: p.mean, shape: p.outShape }, variance: { data: p.variance, shape: p.outShape.slice() } };
 }
 
 interface BatchNormPlan {
+  /** The native arguments with the output left out (args[11]). */
   args: Parameters<typeof native.batchNormalization>;
-  out: Float32Array;
+  /** The caller's options.out, or null for a fresh output. */
+  out: Float32Array | null;
+  n: number;
   outShape: number[];
 }
 
@@ -138,7 +146,7 @@ function planBatchNorm(
   const o = checkOptions<BatchNormOptions>(fn, options, OPTION_KEYS.batchNormalization);
   const outShape = broadcastShapes(fn, paramOperands(xt.shape, m.shape, v.shape, off?.shape, sc?.shape));
   const n = product(outShape);
-  let out: Float32Array;
+  let out: Float32Array | null = null;
   if (o.out !== undefined) {
     out = checkOut(fn, 'options.out', o.out, n);
     if (overlaps(out, xt.data) && !(sameMemory(out, xt.data) && xt.data.length === n)) {
@@ -149,18 +157,51 @@ function planBatchNorm(
     for (const [name, p] of [['mean', m], ['variance', v], ['offset', off], ['scale', sc]] as const) {
       if (p && overlaps(out, p.data)) throw new RangeError(`${fn}: options.out must not overlap ${name}`);
     }
-  } else {
-    out = new Float32Array(n);
   }
   return {
     args: [
       xt.data, xt.shape, m.data, m.shape, v.data, v.shape,
       off ? off.data : null, off ? off.shape : [], sc ? sc.data : null, sc ? sc.shape : [],
-      eps, out, outShape, backendCode(fn, o.backend),
+      eps, new Float32Array(0), outShape, backendCode(fn, o.backend),
     ],
     out,
+    n,
     outShape,
   };
+}
+
+/** batchNormalization on host tensors, errors naming `fn` (fusedBatchNorm's paths share it). */
+export function batchNormalizationAs(
+  fn: string, x: unknown, mean: unknown, variance: unknown, offset: unknown, scale: unknown, varianceEpsilon: unknown,
+  options: unknown,
+): Tensor {
+  const p = planBatchNorm(fn, x, mean, variance, offset, scale, varianceEpsilon, options);
+  const out = p.out ?? newFloat32(fn, 'the output', p.n);
+  p.args[11] = out;
+  native.batchNormalization(...p.args);
+  return { data: out, shape: p.outShape };
+}
+
+/**
+ * batchNormalizationAsync on host tensors, errors naming `fn`. `own`: library memory that
+ * options.out names and the caller (fusedBatchNormAsync) delivers itself.
+ */
+export async function batchNormalizationAsyncAs(
+  fn: string, x: unknown, mean: unknown, variance: unknown, offset: unknown, scale: unknown, varianceEpsilon: unknown,
+  options: unknown, own?: Float32Array,
+): Promise<Tensor> {
+  const site = new Error();
+  const p = planBatchNorm(fn, x, mean, variance, offset, scale, varianceEpsilon, options);
+  const out = own ? null : p.out ? AsyncOutput.into(fn, 'options.out', p.out) : AsyncOutput.fresh(fn, 'the output', p.n);
+  const a = p.args;
+  for (const i of [0, 2, 4, 6, 8] as const) if (a[i] instanceof Float32Array) a[i] = fixedInput(a[i] as Float32Array);
+  a[11] = own ?? out!.target;
+  try {
+    await native.batchNormalizationAsync(...a);
+    return { data: own ?? await out!.deliver(), shape: p.outShape };
+  } catch (e) {
+    throw withCallerStack(e, site);
+  }
 }
 
 /**
@@ -187,9 +228,7 @@ export function batchNormalization(
     return deviceBatchNorm('batchNormalization', x, mean, variance, offset, scale, varianceEpsilon, options);
   }
   rejectDeviceParams('batchNormalization', { mean, variance, offset, scale });
-  const p = planBatchNorm('batchNormalization', x, mean, variance, offset, scale, varianceEpsilon, options);
-  native.batchNormalization(...p.args);
-  return { data: p.out, shape: p.outShape };
+  return batchNormalizationAs('batchNormalization', x, mean, variance, offset, scale, varianceEpsilon, options);
 }
 
 /** batchNormalization computed off the JS thread. Inputs must not be modified until it settles. */
@@ -211,12 +250,5 @@ export async function batchNormalizationAsync(
     return deviceBatchNormAsync('batchNormalizationAsync', x, mean, variance, offset, scale, varianceEpsilon, options);
   }
   rejectDeviceParams('batchNormalizationAsync', { mean, variance, offset, scale });
-  const site = new Error();
-  const p = planBatchNorm('batchNormalizationAsync', x, mean, variance, offset, scale, varianceEpsilon, options);
-  try {
-    await native.batchNormalizationAsync(...p.args);
-  } catch (e) {
-    throw withCallerStack(e, site);
-  }
-  return { data: p.out, shape: p.outShape };
+  return batchNormalizationAsyncAs('batchNormalizationAsync', x, mean, variance, offset, scale, varianceEpsilon, options);
 }

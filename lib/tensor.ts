@@ -1,6 +1,7 @@
 // Tensors are plain {data, shape} records: a Float32Array in row-major (C) order and its
 // dimensions. Anything with those two fields works — tfjs' dataSync() output with
 // tensor.shape, an ndarray with default strides, or our own results.
+import { native } from './binding';
 
 import { checkBoolean, checkEpsilon, checkInteger, checkNumber, checkOneOf, describe } from './check';
 
@@ -36,6 +37,9 @@ export function checkShape(fn: string, name: string, shape: unknown): number[] {
   }
   for (let i = 0; i < shape.length; i++) {
     const d = shape[i];
+    if (typeof d === 'number' && Number.isInteger(d) && d > Number.MAX_SAFE_INTEGER) {
+      throw new RangeError(`${fn}: ${name}[${i}] = ${d} is larger than Number.MAX_SAFE_INTEGER`);
+    }
     if (typeof d !== 'number' || !Number.isSafeInteger(d) || d < 0) {
       throw new TypeError(`${fn}: ${name}[${i}] must be a non-negative integer, got ${describe(d)}`);
     }
@@ -218,20 +222,141 @@ export function tensor(data: Float32Array | ArrayLike<number>, shape?: readonly 
   return { data: arr, shape: s };
 }
 
-function byteRange(a: ArrayBufferView): [ArrayBufferLike, number, number] {
-  return [a.buffer, a.byteOffset, a.byteOffset + a.byteLength];
+/**
+ * How two views' memory relates, judged by address: distinct SharedArrayBuffer objects
+ * (one that came back from a worker or a MessageChannel) can share memory, so comparing
+ * buffer objects is not enough. The native side checks the same for every op.
+ */
+function memoryRelation(a: ArrayBufferView, b: ArrayBufferView): 'disjoint' | 'same' | 'overlap' {
+  if (a.byteLength === 0 || b.byteLength === 0) return 'disjoint';
+  return native.memoryRelation(a, b);
 }
 
-/** True when two views share at least one byte of the same buffer. */
+/** True when two views share at least one byte of memory. */
 export function overlaps(a: ArrayBufferView, b: ArrayBufferView): boolean {
-  const [ba, a0, a1] = byteRange(a);
-  const [bb, b0, b1] = byteRange(b);
-  return ba === bb && a0 < b1 && b0 < a1 && a.byteLength > 0 && b.byteLength > 0;
+  return memoryRelation(a, b) !== 'disjoint';
 }
 
 /** True when two views are exactly the same memory. */
 export function sameMemory(a: ArrayBufferView, b: ArrayBufferView): boolean {
-  return a.buffer === b.buffer && a.byteOffset === b.byteOffset && a.byteLength === b.byteLength;
+  if (a.byteLength === 0 && b.byteLength === 0) return a.buffer === b.buffer && a.byteOffset === b.byteOffset;
+  return memoryRelation(a, b) === 'same';
+}
+
+/**
+ * True when a view's memory can shrink while a call runs: a view (fixed or length-tracking)
+ * on a resizable ArrayBuffer. Growable SharedArrayBuffers only grow, in place, so views on
+ * them stay valid.
+ */
+export function isResizable(a: ArrayBufferView): boolean {
+  return (a.buffer as { resizable?: unknown }).resizable === true;
+}
+
+/**
+ * An input of an async call as the worker thread may read it: a copy in fixed memory when
+ * the caller's view is on a resizable ArrayBuffer (a shrink while the call runs cannot
+ * reach the copy), else the view itself.
+ */
+export function fixedInput(a: Float32Array): Float32Array {
+  return isResizable(a) ? new Float32Array(a) : a;
+}
+
+/** Elements moved per event-loop turn when an async result is copied into the caller's `out` (4 MiB). */
+const DELIVER_CHUNK = 1 << 20;
+
+/**
+ * An output of an async call. The worker thread writes `target`: the caller's `out` is
+ * never handed to it, because JavaScript runs while the work does and could transfer,
+ * detach or shrink that buffer under the writing thread. For a caller's `out`, target is
+ * library-owned memory the caller cannot reach, and deliver() copies it into `out` on the
+ * JS thread — chunk by chunk, checking before each chunk that `out` still holds the result.
+ */
+export class AsyncOutput {
+  readonly target: Float32Array;
+
+  private constructor(readonly result: Float32Array, private readonly fn: string, private readonly name: string, own: boolean) {
+    this.target = own ? result : takeScratch(fn, name, result.length);
+  }
+
+  /** A fresh output of n elements: nobody else can reach it until the call settles. */
+  static fresh(fn: string, name: string, n: number): AsyncOutput {
+    return new AsyncOutput(newFloat32(fn, name, n), fn, name, true);
+  }
+
+  /** The caller's `out`. */
+  static into(fn: string, name: string, out: Float32Array): AsyncOutput {
+    return new AsyncOutput(out, fn, name, false);
+  }
+
+  /**
+   * Moves the result into the caller's array (nothing to do for a fresh one). Call it only
+   * once the work has finished: the library memory is reused afterwards.
+   */
+  async deliver(): Promise<Float32Array> {
+    const from = this.target;
+    const to = this.result;
+    if (from === to) return to;
+    const n = from.length;
+    try {
+      for (let i = 0; ; i += DELIVER_CHUNK) {
+        // A shrunk view (detached, transferred, resized) cannot take the result; one that grew still can.
+        if (to.length < n) {
+          throw new TypeError(`${this.fn}: ${this.name} was detached, transferred or resized while the call ran ` +
+            `(it has ${to.length} elements, the result ${n}); its contents are unspecified`);
+        }
+        if (i >= n) return to;
+        to.set(from.subarray(i, Math.min(n, i + DELIVER_CHUNK)), i);
+        if (i + DELIVER_CHUNK < n) await new Promise((resolve) => setImmediate(resolve));
+      }
+    } finally {
+      returnScratch(from);
+    }
+  }
+}
+
+// Library memory that async calls write instead of a caller's `out`, kept for the next
+// call of the same size: a training loop then neither maps nor faults in fresh pages each
+// step. At most SPARE_MAX arrays are kept, and all are dropped after a second unused.
+const SPARE_MAX = 2;
+const spare: Float32Array[] = [];
+let spareTimer: NodeJS.Timeout | null = null;
+
+function takeScratch(fn: string, name: string, n: number): Float32Array {
+  const i = spare.findIndex((a) => a.length === n);
+  return i >= 0 ? spare.splice(i, 1)[0] : newFloat32(fn, name, n);
+}
+
+function returnScratch(a: Float32Array): void {
+  if (a.length === 0) return;
+  spare.push(a);
+  if (spare.length > SPARE_MAX) spare.shift();
+  spareTimer?.refresh();
+  spareTimer ??= setTimeout(() => { spare.length = 0; spareTimer = null; }, 1000).unref();
+}
+
+/**
+ * Outputs from this many elements (8 MiB) up come from the addon: their memory is unmapped
+ * off the JS thread when collected, where freeing a V8-allocated one of hundreds of MB
+ * stalls the event loop inside a garbage collection.
+ */
+const NATIVE_ALLOC_MIN = 1 << 21;
+
+/** A new Float32Array of n elements; a RangeError naming fn and the output when it cannot be allocated. */
+export function newFloat32(fn: string, name: string, n: number): Float32Array {
+  try {
+    return n >= NATIVE_ALLOC_MIN && n < 2 ** 32 ? native.allocFloat32(n) : new Float32Array(n);
+  } catch (e) {
+    throw new RangeError(`${fn}: ${name} would have ${n} elements, more than can be allocated (${(e as Error).message})`);
+  }
+}
+
+/** A new Float64Array of n elements; a RangeError naming fn and the output when it cannot be allocated. */
+export function newFloat64(fn: string, name: string, n: number): Float64Array {
+  try {
+    return new Float64Array(n);
+  } catch (e) {
+    throw new RangeError(`${fn}: ${name} would have ${n} elements, more than can be allocated (${(e as Error).message})`);
+  }
 }
 
 /** Validates an `out` Float32Array of a given length. */

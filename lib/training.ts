@@ -3,7 +3,7 @@
 import { native } from './binding';
 import { backendCode, type BackendChoice } from './backend';
 import { withCallerStack } from './errors';
-import { batchNormalization, batchNormalizationAsync } from './ops';
+import { batchNormalizationAs, batchNormalizationAsyncAs } from './ops';
 import {
   deviceBatchNormGrad, deviceBatchNormGradAsync, deviceFusedBatchNorm, deviceFusedBatchNormAsync,
   type DeviceBatchNormGrads, type DeviceFusedBatchNormResult,
@@ -12,7 +12,10 @@ import { DeviceTensor } from './device';
 import { checkBoolean, checkNumber, checkOptions, OPTION_KEYS } from './check';
 import type { Communicator } from './sync/communicator';
 import { rejectSync, syncBatchNormGrad, syncFusedBatchNorm, wantsSync } from './sync/ops';
-import { channelView, checkFusedOptions, type ChannelView, type DataFormat, checkEpsilon, checkShape, checkTensor, describe, fmtShape, normalizeAxes, product, type Tensor } from './tensor';
+import {
+  AsyncOutput, channelView, checkFusedOptions, checkOut, sameMemory, type ChannelView, type DataFormat, checkEpsilon, checkShape, checkTensor,
+  describe, fixedInput, fmtShape, newFloat32, newFloat64, normalizeAxes, overlaps, product, type Tensor,
+} from './tensor';
 
 // ---- sufficient statistics --------------------------------------------------------
 
@@ -40,9 +43,9 @@ export function sufficientStatistics(
   const keepDims = checkBoolean(fn, 'options.keepDims', o.keepDims, false);
   const shape = keepDims ? t.shape.map((d, i) => (red.has(i) ? 1 : d)) : t.shape.filter((_, i) => !red.has(i));
   const n = product(shape);
-  const mean = new Float64Array(n);
-  const m2 = new Float64Array(n);
-  native.moments(t.data, t.shape, ax, 0, new Float32Array(n), new Float32Array(n), backendCode(fn, o.backend), mean, m2);
+  const mean = newFloat64(fn, 'mean', n);
+  const m2 = newFloat64(fn, 'm2', n);
+  native.moments(t.data, t.shape, ax, 0, newFloat32(fn, 'mean', n), newFloat32(fn, 'variance', n), backendCode(fn, o.backend), mean, m2);
   return { count: product(t.shape.filter((_, i) => red.has(i))), mean, m2, shape };
 }
 
@@ -175,10 +178,19 @@ export function planFused(fn: string, x: unknown, scale: unknown, offset: unknow
   const needRunning = !training || f !== 1;
   const runMean = channelVector(fn, 'options.mean', o.mean, view.C, needRunning ? null : 0);
   const runVar = channelVector(fn, 'options.variance', o.variance, view.C, needRunning ? null : 0);
-  return {
-    x: t, view, scale: channelVector(fn, 'scale', scale, view.C, 1), offset: channelVector(fn, 'offset', offset, view.C, 0),
-    eps, f, training, runMean, runVar, backend: o.backend, out: o.out,
-  };
+  const sc = channelVector(fn, 'scale', scale, view.C, 1);
+  const off = channelVector(fn, 'offset', offset, view.C, 0);
+  if (o.out !== undefined) {
+    // Checked here, against the caller's arrays, before any work (the async path writes a copy).
+    const out = checkOut(fn, 'options.out', o.out, t.data.length);
+    if (overlaps(out, t.data) && !sameMemory(out, t.data)) {
+      throw new RangeError(`${fn}: options.out overlaps x.data; only exact in-place use (out = x.data) is supported`);
+    }
+    for (const [name, a] of [['scale', sc], ['offset', off], ['options.mean', runMean], ['options.variance', runVar]] as const) {
+      if (a && overlaps(out, a)) throw new RangeError(`${fn}: options.out must not overlap ${name}`);
+    }
+  }
+  return { x: t, view, scale: sc, offset: off, eps, f, training, runMean, runVar, backend: o.backend, out: o.out };
 }
 
 interface Stats {
@@ -248,7 +260,7 @@ export function fusedBatchNorm(
   const p = planFused('fusedBatchNorm', x, scale, offset, options);
   const ps = p.view.paramShape;
   if (!p.training) {
-    const y = batchNormalization(p.x, { data: p.runMean!, shape: ps }, { data: p.runVar!, shape: ps },
+    const y = batchNormalizationAs('fusedBatchNorm', p.x, { data: p.runMean!, shape: ps }, { data: p.runVar!, shape: ps },
       paramTensor(p, p.offset), paramTensor(p, p.scale), p.eps, { backend: p.backend, out: p.out });
     return finishFused(p, y, null);
   }
@@ -258,7 +270,7 @@ export function fusedBatchNorm(
   native.moments(p.x.data, p.x.shape, p.view.reduceAxes, 0, new Float32Array(C), new Float32Array(C),
     backendCode('fusedBatchNorm', p.backend), mean64, m2);
   const s = statsFrom(p, mean64, m2);
-  const y = batchNormalization(p.x, { data: s.mean, shape: ps }, { data: s.varBiased, shape: ps },
+  const y = batchNormalizationAs('fusedBatchNorm', p.x, { data: s.mean, shape: ps }, { data: s.varBiased, shape: ps },
     paramTensor(p, p.offset), paramTensor(p, p.scale), p.eps, { backend: p.backend, out: p.out });
   return finishFused(p, y, s);
 }
@@ -278,24 +290,30 @@ export async function fusedBatchNormAsync(
 ): Promise<FusedBatchNormResult | DeviceFusedBatchNormResult> {
   if (wantsSync(options)) return (await syncFusedBatchNorm('fusedBatchNormAsync', x, scale, offset, options)).result;
   if (x instanceof DeviceTensor) return deviceFusedBatchNormAsync('fusedBatchNormAsync', x, scale, offset, options);
+  const fn = 'fusedBatchNormAsync';
   const site = new Error();
-  const p = planFused('fusedBatchNormAsync', x, scale, offset, options);
+  const p = planFused(fn, x, scale, offset, options);
   const ps = p.view.paramShape;
+  // Both stages read one fixed x and write library memory; the caller's out gets y at the end.
+  const out = p.out === undefined ? null : AsyncOutput.into(fn, 'options.out', p.out);
+  const xs = { data: fixedInput(p.x.data), shape: p.x.shape };
+  const opts = { backend: p.backend, out: out?.target };
+  const finish = async (y: Tensor, s: Stats | null) => finishFused(p, out ? { data: await out.deliver(), shape: y.shape } : y, s);
   try {
     if (!p.training) {
-      const y = await batchNormalizationAsync(p.x, { data: p.runMean!, shape: ps }, { data: p.runVar!, shape: ps },
-        paramTensor(p, p.offset), paramTensor(p, p.scale), p.eps, { backend: p.backend, out: p.out });
-      return finishFused(p, y, null);
+      const y = await batchNormalizationAsyncAs(fn, xs, { data: p.runMean!, shape: ps }, { data: p.runVar!, shape: ps },
+        paramTensor(p, p.offset), paramTensor(p, p.scale), p.eps, opts, out?.target);
+      return await finish(y, null);
     }
     const C = p.view.C;
     const mean64 = new Float64Array(C);
     const m2 = new Float64Array(C);
-    await native.momentsAsync(p.x.data, p.x.shape, p.view.reduceAxes, 0, new Float32Array(C), new Float32Array(C),
-      backendCode('fusedBatchNormAsync', p.backend), mean64, m2);
+    await native.momentsAsync(xs.data, p.x.shape, p.view.reduceAxes, 0, new Float32Array(C), new Float32Array(C),
+      backendCode(fn, p.backend), mean64, m2);
     const s = statsFrom(p, mean64, m2);
-    const y = await batchNormalizationAsync(p.x, { data: s.mean, shape: ps }, { data: s.varBiased, shape: ps },
-      paramTensor(p, p.offset), paramTensor(p, p.scale), p.eps, { backend: p.backend, out: p.out });
-    return finishFused(p, y, s);
+    const y = await batchNormalizationAsyncAs(fn, xs, { data: s.mean, shape: ps }, { data: s.varBiased, shape: ps },
+      paramTensor(p, p.offset), paramTensor(p, p.scale), p.eps, opts, out?.target);
+    return await finish(y, s);
   } catch (e) {
     throw withCallerStack(e, site);
   }
@@ -329,7 +347,8 @@ export interface GradPlan {
   scale: Float32Array | null;
   invStd: Float32Array;
   training: boolean;
-  dx: Float32Array;
+  /** The caller's options.out, or null for a fresh dx. */
+  out: Float32Array | null;
   backend: ReturnType<typeof backendCode>;
 }
 
@@ -349,17 +368,21 @@ export function planGrad(fn: string, dy: unknown, x: unknown, scale: unknown, sa
   const invStd = channelVector(fn, 'saved.invStd', sv.invStd, view.C, null)!;
   const training = checkBoolean(fn, 'options.isTraining', o.isTraining, true);
   const n = xt.data.length;
-  let dx: Float32Array;
+  const sc = channelVector(fn, 'scale', scale, view.C, 1);
+  let out: Float32Array | null = null;
   if (o.out !== undefined) {
     if (!(o.out instanceof Float32Array)) throw new TypeError(`${fn}: options.out must be a Float32Array, got ${describe(o.out)}`);
     if (o.out.length !== n) throw new RangeError(`${fn}: options.out has ${o.out.length} elements but dx has ${n}`);
-    dx = o.out;
-  } else {
-    dx = new Float32Array(n);
+    out = o.out;
+    // dx is written while dy and x are read (and the coefficients come from the rest).
+    const inputs: [string, Float32Array | null][] = [['x', xt.data], ['dy', dyt.data], ['scale', sc], ['saved.mean', mean], ['saved.invStd', invStd]];
+    for (const [name, a] of inputs) {
+      if (a && overlaps(out, a)) throw new RangeError(`${fn}: options.out must not overlap ${name}`);
+    }
   }
   return {
     args: [dyt.data, xt.data, view.A, view.C, view.B, Float64Array.from(mean)],
-    view, scale: channelVector(fn, 'scale', scale, view.C, 1), invStd, training, dx, backend: backendCode(fn, o.backend),
+    view, scale: sc, invStd, training, out, backend: backendCode(fn, o.backend),
   };
 }
 
@@ -405,13 +428,15 @@ export function batchNormalizationGrad(
   rejectSync('batchNormalizationGrad', options);
   // DeviceTensor inputs: cuDNN's backward (the only GPU backward pass in this version).
   if (x instanceof DeviceTensor) return deviceBatchNormGrad('batchNormalizationGrad', dy, x, scale, saved, options);
-  const p = planGrad('batchNormalizationGrad', dy, x, scale, saved, options);
+  const fn = 'batchNormalizationGrad';
+  const p = planGrad(fn, dy, x, scale, saved, options);
+  const dx = p.out ?? newFloat32(fn, 'dx', p.view.A * p.view.C * p.view.B);
   const s1 = new Float64Array(p.view.C);
   const s2 = new Float64Array(p.view.C);
   native.channelGradSums(...p.args, s1, s2, p.backend);
   const k = gradCoefficients(p, s1, s2);
-  native.channelGradApply(...p.args, k.g, k.a, k.b, p.dx, p.backend);
-  return { dx: { data: p.dx, shape: p.view.shape }, dscale: { data: k.dscale, shape: [p.view.C] }, doffset: { data: k.doffset, shape: [p.view.C] } };
+  native.channelGradApply(...p.args, k.g, k.a, k.b, dx, p.backend);
+  return { dx: { data: dx, shape: p.view.shape }, dscale: { data: k.dscale, shape: [p.view.C] }, doffset: { data: k.doffset, shape: [p.view.C] } };
 }
 
 /** batchNormalizationGrad computed off the JS thread. */
@@ -429,15 +454,20 @@ export async function batchNormalizationGradAsync(
 ): Promise<BatchNormGrads | DeviceBatchNormGrads> {
   if (wantsSync(options)) return syncBatchNormGrad('batchNormalizationGradAsync', dy, x, scale, saved, options);
   if (x instanceof DeviceTensor) return deviceBatchNormGradAsync('batchNormalizationGradAsync', dy, x, scale, saved, options);
+  const fn = 'batchNormalizationGradAsync';
   const site = new Error();
-  const p = planGrad('batchNormalizationGradAsync', dy, x, scale, saved, options);
+  const p = planGrad(fn, dy, x, scale, saved, options);
   try {
+    const n = p.view.A * p.view.C * p.view.B;
+    const dx = p.out ? AsyncOutput.into(fn, 'options.out', p.out) : AsyncOutput.fresh(fn, 'dx', n);
+    p.args[0] = fixedInput(p.args[0]);
+    p.args[1] = fixedInput(p.args[1]);
     const s1 = new Float64Array(p.view.C);
     const s2 = new Float64Array(p.view.C);
     await native.channelGradSumsAsync(...p.args, s1, s2, p.backend);
     const k = gradCoefficients(p, s1, s2);
-    await native.channelGradApplyAsync(...p.args, k.g, k.a, k.b, p.dx, p.backend);
-    return { dx: { data: p.dx, shape: p.view.shape }, dscale: { data: k.dscale, shape: [p.view.C] }, doffset: { data: k.doffset, shape: [p.view.C] } };
+    await native.channelGradApplyAsync(...p.args, k.g, k.a, k.b, dx.target, p.backend);
+    return { dx: { data: await dx.deliver(), shape: p.view.shape }, dscale: { data: k.dscale, shape: [p.view.C] }, doffset: { data: k.doffset, shape: [p.view.C] } };
   } catch (e) {
     throw withCallerStack(e, site);
   }

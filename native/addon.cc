@@ -6,6 +6,9 @@
 #include <napi.h>
 
 #include <cmath>
+#include <cstdint>
+#include <initializer_list>
+#include <iterator>
 #include <memory>
 #include <limits>
 #include <string>
@@ -58,7 +61,26 @@ struct F32 {
   Napi::Value value;
   bool device = false;         // a DeviceTensor handle (data is a device pointer)
   std::shared_ptr<void> hold;  // keeps its device block alive during async work
+  size_t bytes() const { return device ? 0 : length * sizeof(float); }  // host bytes, 0 for device data
 };
+
+// How two host byte ranges relate. Judged by address, not by ArrayBuffer object: two
+// SharedArrayBuffer objects (one sent through a worker or a MessageChannel) can share memory.
+enum class Rel { kDisjoint, kSame, kOverlap };
+Rel relation(const void* a, size_t an, const void* b, size_t bn) {
+  if (!a || !b || an == 0 || bn == 0) return Rel::kDisjoint;
+  const uintptr_t a0 = reinterpret_cast<uintptr_t>(a), b0 = reinterpret_cast<uintptr_t>(b);
+  if (a0 >= b0 + bn || b0 >= a0 + an) return Rel::kDisjoint;
+  return a0 == b0 && an == bn ? Rel::kSame : Rel::kOverlap;
+}
+
+// An output must share no byte with another operand: the kernels read inputs while they
+// write outputs, from several threads.
+void check_disjoint(Napi::Env env, const char* fn, const char* out_name, const void* out, size_t out_bytes,
+                    const char* in_name, const void* in, size_t in_bytes) {
+  if (relation(out, out_bytes, in, in_bytes) != Rel::kDisjoint)
+    range_error(env, std::string(fn) + ": " + out_name + " overlaps " + in_name + " in memory");
+}
 
 F32 get_f32(const Napi::CallbackInfo& info, size_t i, const char* fn, const char* name, bool nullable) {
   Napi::Env env = info.Env();
@@ -213,6 +235,9 @@ MomentsCall parse_moments(const Napi::CallbackInfo& info) {
   c.args.x = x.data;
   c.args.mean = mean.data;
   c.args.variance = var.data;
+  check_disjoint(env, fn, "out.mean", mean.data, mean.bytes(), "x", x.data, x.bytes());
+  check_disjoint(env, fn, "out.variance", var.data, var.bytes(), "x", x.data, x.bytes());
+  check_disjoint(env, fn, "out.mean", mean.data, mean.bytes(), "out.variance", var.data, var.bytes());
   // DeviceTensors: x and both outputs live in GPU memory, or none of them does.
   if (x.device != mean.device || x.device != var.device)
     type_error(env, "moments: x, out.mean and out.variance must all be DeviceTensors or all Float32Arrays");
@@ -223,6 +248,13 @@ MomentsCall parse_moments(const Napi::CallbackInfo& info) {
   if (info.Length() > 8 && !info[7].IsNull() && !info[7].IsUndefined()) {
     c.args.mean64 = get_f64(info, 7, fn, "outMean64", kept, false, &c.keep);
     c.args.m2_64 = get_f64(info, 8, fn, "outM2", kept, false, &c.keep);
+    const size_t b64 = static_cast<size_t>(kept) * sizeof(double);
+    const std::pair<const char*, const F32*> others[3] = {{"x", &x}, {"out.mean", &mean}, {"out.variance", &var}};
+    for (const auto& [name, o] : others) {
+      check_disjoint(env, fn, "outMean64", c.args.mean64, b64, name, o->data, o->bytes());
+      check_disjoint(env, fn, "outM2", c.args.m2_64, b64, name, o->data, o->bytes());
+    }
+    check_disjoint(env, fn, "outMean64", c.args.mean64, b64, "outM2", c.args.m2_64, b64);
   }
   std::string why;
   Status s = select_backend(Op::kMoments, get_backend(info, 6), &c.backend, &why, c.args.mem);
@@ -238,6 +270,7 @@ BatchNormCall parse_batch_norm(const Napi::CallbackInfo& info) {
   if (info.Length() < 14) type_error(env, "batchNormalization: expected 14 arguments");
   BatchNormCall c;
   static const char* names[5] = {"x", "mean", "variance", "offset", "scale"};
+  std::pair<const void*, size_t> ranges[5];
   Operand* ops[5] = {&c.args.x, &c.args.mean, &c.args.variance, &c.args.offset, &c.args.scale};
   c.args.out_shape = get_shape(info, 12, fn, "outShape");
   const Shape& out = c.args.out_shape;
@@ -258,6 +291,7 @@ BatchNormCall parse_batch_norm(const Napi::CallbackInfo& info) {
     if (numel(out) > 0 && numel(s) == 0 && a.data == nullptr && !(a.value.IsNull() || a.value.IsUndefined()))
       range_error(env, std::string(fn) + ": " + names[k] + " is empty");
     ops[k]->data = a.data;
+    ranges[k] = {a.data, a.bytes()};
     ops[k]->shape = std::move(s);
     ops[k]->mem = a.device ? Memory::kDevice : Memory::kHost;
     if (a.device) c.hold.push_back(a.hold);
@@ -272,9 +306,13 @@ BatchNormCall parse_batch_norm(const Napi::CallbackInfo& info) {
   F32 y = get_f32(info, 11, fn, "out", false);
   if (static_cast<int64_t>(y.length) != numel(out))
     range_error(env, "batchNormalization: out must have " + std::to_string(numel(out)) + " elements");
-  // In place (out === x) is fine elementwise only when x is not broadcast.
-  if (y.data == c.args.x.data && y.data && numel(c.args.x.shape) != numel(out))
-    range_error(env, "batchNormalization: out may alias x only when x has the output's shape");
+  // In place (out is exactly x's memory) is fine elementwise only when x is not broadcast;
+  // any other shared byte between out and an operand is refused.
+  const Rel rx = relation(y.data, y.bytes(), ranges[0].first, ranges[0].second);
+  if (rx == Rel::kOverlap || (rx == Rel::kSame && numel(c.args.x.shape) != numel(out)))
+    range_error(env, "batchNormalization: out overlaps x in memory; only exact in-place use (out is x, x of the output's shape) is supported");
+  for (size_t k = 1; k < 5; ++k)
+    check_disjoint(env, fn, "out", y.data, y.bytes(), names[k], ranges[k].first, ranges[k].second);
   c.args.y = y.data;
   c.keep.push_back(y.value);
   // DeviceTensors: y lives where x does; parameters may be on either side.
@@ -333,6 +371,25 @@ void parse_channel_grad(const Napi::CallbackInfo& info, const char* fn, Call* c)
   c->args.mean = get_f64(info, 5, fn, "mean", C, false, &c->keep);
 }
 
+// Every output of a gradient kernel against dy, x, mean, the extra inputs and each other.
+struct NamedRange {
+  const char* name;
+  const void* data;
+  size_t bytes;
+};
+void check_grad_outputs(Napi::Env env, const char* fn, const ChannelGradArgs& a,
+                        std::initializer_list<std::pair<const char*, const void*>> outs, size_t out_bytes,
+                        std::initializer_list<NamedRange> extra) {
+  const size_t n = static_cast<size_t>(a.A * a.C * a.B) * sizeof(float);
+  std::vector<NamedRange> ins = {{"dy", a.dy, n}, {"x", a.x, n}, {"mean", a.mean, static_cast<size_t>(a.C) * sizeof(double)}};
+  ins.insert(ins.end(), extra.begin(), extra.end());
+  for (auto o = outs.begin(); o != outs.end(); ++o) {
+    for (const NamedRange& in : ins) check_disjoint(env, fn, o->first, o->second, out_bytes, in.name, in.data, in.bytes);
+    for (auto p = std::next(o); p != outs.end(); ++p)
+      check_disjoint(env, fn, o->first, o->second, out_bytes, p->first, p->second, out_bytes);
+  }
+}
+
 // channelGradSums(dy, x, A, C, B, mean64, outSumDy, outSumDyXmu, backend)
 GradSumsCall parse_grad_sums(const Napi::CallbackInfo& info) {
   const char* fn = "batchNormalizationGrad";
@@ -341,6 +398,8 @@ GradSumsCall parse_grad_sums(const Napi::CallbackInfo& info) {
   parse_channel_grad(info, fn, &c);
   c.sum_dy = get_f64(info, 6, fn, "outSumDy", c.args.C, false, &c.keep);
   c.sum_dy_xmu = get_f64(info, 7, fn, "outSumDyXmu", c.args.C, false, &c.keep);
+  check_grad_outputs(info.Env(), fn, c.args, {{"outSumDy", c.sum_dy}, {"outSumDyXmu", c.sum_dy_xmu}},
+                     static_cast<size_t>(c.args.C) * sizeof(double), {});
   std::string why;
   Status s = select_backend(Op::kTraining, get_backend(info, 8), &c.backend, &why);
   if (!s.ok()) throw_status(info.Env(), s);
@@ -363,6 +422,8 @@ GradApplyCall parse_grad_apply(const Napi::CallbackInfo& info) {
     range_error(env, "batchNormalizationGrad: dx must have A·C·B elements");
   c.dx = dx.data;
   c.keep.push_back(dx.value);
+  const size_t cb = static_cast<size_t>(c.args.C) * sizeof(double);
+  check_grad_outputs(env, fn, c.args, {{"dx", dx.data}}, dx.bytes(), {{"g", c.g, cb}, {"a", c.a, cb}, {"b", c.b, cb}});
   std::string why;
   Status s = select_backend(Op::kTraining, get_backend(info, 10), &c.backend, &why);
   if (!s.ok()) throw_status(env, s);
@@ -499,6 +560,8 @@ class Addon : public Napi::Addon<Addon> {
         InstanceMethod("cudaInfo", &Addon::CudaInfo),
         InstanceMethod("memoryBandwidth", &Addon::MemoryBandwidth),
         InstanceMethod("setBackendErrorClass", &Addon::SetBackendErrorClass),
+        InstanceMethod("memoryRelation", &Addon::MemoryRelation),
+        InstanceMethod("allocFloat32", &Addon::AllocFloat32),
         // cuDNN path (issue 5)
         InstanceMethod("cudnnProbe", &Addon::CudnnProbe),
         InstanceMethod("fusedBatchNormDevice", &Addon::FusedForward),
@@ -603,6 +666,8 @@ class Addon : public Napi::Addon<Addon> {
     if (info.Length() > 0 && !info[0].IsUndefined() && !info[0].IsNull()) {
       if (!info[0].IsString()) type_error(env, "cudnnProbe: path must be a string");
       path = info[0].As<Napi::String>().Utf8Value();
+      // dlopen would stop at a NUL and open whatever the prefix names ("" = the executable).
+      if (path.find('\0') != std::string::npos) type_error(env, "cudnnProbe: path must not contain NUL characters");
     }
     const cudnn::LoadInfo r = cudnn::probe(path);
     Napi::Object o = Napi::Object::New(env);
@@ -656,6 +721,47 @@ class Addon : public Napi::Addon<Addon> {
     o.Set("copy", bw.copy_gbs);
     o.Set("read", bw.read_gbs);
     return o;
+  }
+  // memoryRelation(a, b) -> 'disjoint' | 'same' | 'overlap': the host bytes of two typed
+  // arrays, by address (lib/'s overlap checks, which then name the parameters).
+  Napi::Value MemoryRelation(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    const void* p[2];
+    size_t bytes[2];
+    for (size_t i = 0; i < 2; ++i) {
+      if (!info[i].IsTypedArray()) type_error(env, "memoryRelation: expected two typed arrays");
+      napi_typedarray_type type;
+      size_t length;
+      void* data;
+      napi_value ab;
+      size_t offset;
+      if (napi_get_typedarray_info(env, info[i], &type, &length, &data, &ab, &offset) != napi_ok)
+        type_error(env, "memoryRelation: expected two typed arrays");
+      p[i] = data;
+      bytes[i] = length * info[i].As<Napi::TypedArray>().ElementSize();
+    }
+    const Rel r = relation(p[0], bytes[0], p[1], bytes[1]);
+    return Napi::String::New(env, r == Rel::kDisjoint ? "disjoint" : r == Rel::kSame ? "same" : "overlap");
+  }
+  // allocFloat32(length) -> a zeroed Float32Array over memory that is unmapped off the JS
+  // thread once V8 frees it (see alloc_host).
+  Napi::Value AllocFloat32(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    const double d = info[0].IsNumber() ? info[0].As<Napi::Number>().DoubleValue() : -1.0;
+    if (!(d >= 1) || d != std::floor(d) || d > 4294967295.0)
+      range_error(env, "allocFloat32: length must be an integer in [1, 2^32)");
+    const size_t n = static_cast<size_t>(d), bytes = n * sizeof(float);
+    void* p = alloc_host(bytes);
+    if (!p) range_error(env, "allocFloat32: out of host memory for " + std::to_string(bytes) + " bytes");
+    napi_value ab, ta;
+    auto finalize = [](napi_env, void* data, void* hint) { free_host_later(data, reinterpret_cast<size_t>(hint)); };
+    if (napi_create_external_arraybuffer(env, p, bytes, finalize, reinterpret_cast<void*>(bytes), &ab) != napi_ok) {
+      free_host_later(p, bytes);
+      range_error(env, "allocFloat32: could not create an ArrayBuffer of " + std::to_string(bytes) + " bytes");
+    }
+    if (napi_create_typedarray(env, napi_float32_array, n, ab, 0, &ta) != napi_ok)
+      range_error(env, "allocFloat32: could not create a Float32Array of " + std::to_string(n) + " elements");
+    return Napi::Value(env, ta);
   }
   Napi::Value SetBackendErrorClass(const Napi::CallbackInfo& info) {
     if (!info[0].IsFunction()) type_error(info.Env(), "setBackendErrorClass: expected a class");

@@ -3,8 +3,10 @@
 // x and dy are viewed as [A, C, B]: A = product of the dims before the channel axis,
 // C = channels, B = product of the dims after it (NHWC: B = 1; NCHW: A = N, B = H·W).
 // The reductions are Σdy and Σdy·(x − μ) per channel, accumulated in float64 with
-// (x − μ) formed first; the work is cut into fixed blocks of A and combined in block
-// order, so results are bit-identical for any thread count (as for moments).
+// (x − μ) formed first; the work is cut into blocks of A that depend only on the shape
+// (never on the thread count) and combined in block order, so results are bit-identical
+// for any thread count (as for moments). At most kMaxBlocks blocks keep partial sums, so
+// the scratch memory is O(C), whatever the batch size.
 #include <algorithm>
 #include <new>
 #include <vector>
@@ -16,17 +18,20 @@
 namespace bn {
 namespace {
 
-constexpr int64_t kBlockElems = 16384;  // elements per reduction block
+constexpr int64_t kBlockElems = 16384;  // elements per reduction block (at least)
+constexpr int64_t kMaxBlocks = 32;      // blocks with partial sums: 2·C doubles each
+constexpr int64_t kChannelTile = 1024;  // channels per task of channels-last rows
 constexpr int kLanes = 8;
 
-// Channels-last rows: s1[c] += dy[c], s2[c] += dy[c]·(x[c] − μ[c]) for `rows` rows of C.
+// Channels-last rows: s1[c] += dy[c], s2[c] += dy[c]·(x[c] − μ[c]) for `rows` rows of
+// `width` channels, rows `stride` elements apart.
 BN_CLONES void rows_grad_sums(const float* __restrict dy, const float* __restrict x, int64_t rows,
-                              int64_t C, const double* __restrict mu, double* __restrict s1,
-                              double* __restrict s2) {
+                              int64_t width, int64_t stride, const double* __restrict mu,
+                              double* __restrict s1, double* __restrict s2) {
   for (int64_t r = 0; r < rows; ++r) {
-    const float* d = dy + r * C;
-    const float* v = x + r * C;
-    for (int64_t c = 0; c < C; ++c) {
+    const float* d = dy + r * stride;
+    const float* v = x + r * stride;
+    for (int64_t c = 0; c < width; ++c) {
       const double g = static_cast<double>(d[c]);
       s1[c] += g;
       s2[c] += g * (static_cast<double>(v[c]) - mu[c]);
@@ -85,7 +90,8 @@ Status cpu_channel_grad_sums(const ChannelGradArgs& p, double* sum_dy, double* s
   if (A * C * B == 0) return Status::Ok();
   // Blocks of rows of A; each block's partial sums are kept and folded in order.
   const int64_t per_a = C * B;
-  const int64_t rows = std::max<int64_t>(1, kBlockElems / per_a);
+  int64_t rows = std::max<int64_t>(1, kBlockElems / per_a);
+  if ((A + rows - 1) / rows > kMaxBlocks) rows = (A + kMaxBlocks - 1) / kMaxBlocks;
   const int64_t blocks = (A + rows - 1) / rows;
   std::vector<double> part;
   try {
@@ -94,10 +100,13 @@ Status cpu_channel_grad_sums(const ChannelGradArgs& p, double* sum_dy, double* s
     return Status::Error(Code::kOutOfMemory, "batchNormalizationGrad: out of host memory for partial sums");
   }
   if (B == 1) {
-    parallel_for(static_cast<size_t>(blocks), [&](size_t k) {
-      const int64_t a0 = static_cast<int64_t>(k) * rows, n = std::min(rows, A - a0);
-      double* s1 = part.data() + k * 2 * static_cast<size_t>(C);
-      rows_grad_sums(p.dy + a0 * C, p.x + a0 * C, n, C, p.mean, s1, s1 + C);
+    // One task per (block, tile of channels).
+    const int64_t tiles = (C + kChannelTile - 1) / kChannelTile;
+    parallel_for(static_cast<size_t>(blocks * tiles), [&](size_t t) {
+      const int64_t k = static_cast<int64_t>(t) / tiles, c0 = (static_cast<int64_t>(t) % tiles) * kChannelTile;
+      const int64_t a0 = k * rows, n = std::min(rows, A - a0), w = std::min(kChannelTile, C - c0);
+      double* s1 = part.data() + static_cast<size_t>(k) * 2 * static_cast<size_t>(C);
+      rows_grad_sums(p.dy + a0 * C + c0, p.x + a0 * C + c0, n, w, C, p.mean + c0, s1 + c0, s1 + C + c0);
     });
   } else {
     // One task per (block, channel): runs of B contiguous elements.

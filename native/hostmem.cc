@@ -6,6 +6,8 @@
 #include <chrono>
 #include <cstdint>
 #include <cstring>
+#include <system_error>
+#include <thread>
 #include <vector>
 
 #include "simd.h"
@@ -36,6 +38,22 @@ void advise_fresh_output(void* p, size_t bytes) {
   (void)p;
   (void)bytes;
 #endif
+}
+
+void* alloc_host(size_t bytes) {
+  if (bytes == 0) return nullptr;
+  void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  return p == MAP_FAILED ? nullptr : p;
+}
+
+void free_host_later(void* p, size_t bytes) {
+  if (!p) return;
+  // Unmapping populated memory costs about 1 ms per 10 MB; a thread of its own pays it.
+  try {
+    std::thread([p, bytes] { munmap(p, bytes); }).detach();
+  } catch (const std::system_error&) {
+    munmap(p, bytes);
+  }
 }
 
 namespace {

@@ -10,6 +10,12 @@ namespace bn {
 // Never changes the buffer's contents.
 void advise_fresh_output(void* p, size_t bytes);
 
+// Large library-allocated outputs: anonymous mmap (zero pages that the kernels' threads
+// fault in) returned to the system by a background thread, so that neither allocating
+// nor freeing hundreds of MB stalls the JS thread. alloc_host returns nullptr on failure.
+void* alloc_host(size_t bytes);
+void free_host_later(void* p, size_t bytes);
+
 // Memory bandwidth of this machine, measured with the same thread pool as the kernels.
 // copy: bytes read + bytes written per second; read: bytes read per second.
 struct Bandwidth {

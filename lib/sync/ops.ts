@@ -14,7 +14,7 @@ import { native } from '../binding';
 import { DeviceTensor } from '../device';
 import { BackendError, withCallerStack } from '../errors';
 import { batchNormalizationAsync, planMoments, type Moments, type MomentsOptions } from '../ops';
-import { product, type Tensor } from '../tensor';
+import { AsyncOutput, fixedInput, product, type Tensor } from '../tensor';
 import {
   batchNormalizationGradAsync, finishFused, fusedBatchNormAsync, gradCoefficients, mergeMoments, paramTensor, planFused,
   planGrad, statsFrom, type BatchNormGradOptions, type BatchNormGrads, type FusedBatchNormOptions,
@@ -105,18 +105,21 @@ export async function syncMoments(fn: string, x: unknown, axes: unknown, options
     if (!p.axes.includes(0)) {
       throw new RangeError(`${fn}: with options.sync the ranks hold shards of the batch (axis 0), so axes must include 0, got [${p.axes.join(', ')}]`);
     }
-    const k = p.mean.length;
+    const k = p.n;
     const mean = new Float64Array(k);
     const m2 = new Float64Array(k);
-    await native.momentsAsync(p.x, p.shape, p.axes, 0, new Float32Array(k), new Float32Array(k), p.backend, mean, m2);
+    await native.momentsAsync(fixedInput(p.x), p.shape, p.axes, 0, new Float32Array(k), new Float32Array(k), p.backend, mean, m2);
     const red = new Set(p.axes);
     const s = await gatherStatistics(fn, comm, product(p.shape.filter((_, i) => red.has(i))), mean, m2);
     const d = s.count - p.correction;
+    // The statistics are C values written here, on the JS thread: the caller's out is safe to use directly.
+    const outMean = p.out?.mean ?? new Float32Array(k);
+    const outVariance = p.out?.variance ?? new Float32Array(k);
     for (let i = 0; i < k; i++) {
-      p.mean[i] = s.count > 0 ? s.mean[i] : NaN;
-      p.variance[i] = d > 0 ? s.m2[i] / d : NaN;
+      outMean[i] = s.count > 0 ? s.mean[i] : NaN;
+      outVariance[i] = d > 0 ? s.m2[i] / d : NaN;
     }
-    return { mean: { data: p.mean, shape: p.outShape }, variance: { data: p.variance, shape: p.outShape.slice() } };
+    return { mean: { data: outMean, shape: p.outShape }, variance: { data: outVariance, shape: p.outShape.slice() } };
   });
 }
 
@@ -141,7 +144,7 @@ export async function syncFusedBatchNorm(
     const C = p.view.C;
     const mean = new Float64Array(C);
     const m2 = new Float64Array(C);
-    await native.momentsAsync(p.x.data, p.x.shape, p.view.reduceAxes, 0, new Float32Array(C), new Float32Array(C),
+    await native.momentsAsync(fixedInput(p.x.data), p.x.shape, p.view.reduceAxes, 0, new Float32Array(C), new Float32Array(C),
       backendCode(fn, p.backend), mean, m2);
     const g = await gatherStatistics(fn, comm, p.view.n, mean, m2);
     const s = statsFrom(p, g.mean, g.m2, g.count);
@@ -174,6 +177,8 @@ export async function syncBatchNormGrad(
     const C = p.view.C;
     const s1 = new Float64Array(C);
     const s2 = new Float64Array(C);
+    p.args[0] = fixedInput(p.args[0]);
+    p.args[1] = fixedInput(p.args[1]);
     await native.channelGradSumsAsync(...p.args, s1, s2, p.backend);
     const payload = new Float64Array(2 * C + 1);
     payload.set(s1, 0);
@@ -182,7 +187,8 @@ export async function syncBatchNormGrad(
     const sum = await collective(fn, comm, 'allReduce', payload);
     const global = gradCoefficients(p, sum.subarray(0, C), sum.subarray(C, 2 * C), sum[2 * C]);
     const local = gradCoefficients(p, s1, s2);
-    await native.channelGradApplyAsync(...p.args, global.g, global.a, global.b, p.dx, p.backend);
-    return { dx: { data: p.dx, shape: p.view.shape }, dscale: { data: local.dscale, shape: [C] }, doffset: { data: local.doffset, shape: [C] } };
+    const dx = p.out ? AsyncOutput.into(fn, 'options.out', p.out) : AsyncOutput.fresh(fn, 'dx', p.view.A * C * p.view.B);
+    await native.channelGradApplyAsync(...p.args, global.g, global.a, global.b, dx.target, p.backend);
+    return { dx: { data: await dx.deliver(), shape: p.view.shape }, dscale: { data: local.dscale, shape: [C] }, doffset: { data: local.doffset, shape: [C] } };
   });
 }
