@@ -147,6 +147,19 @@ hand-written formula, the backend and the time.`,
   },
 };
 
+/**
+ * Commands that parse their own arguments (with util.parseArgs too) and live in their own
+ * module, required only when run: `bench` loads its chart, peer and progress code.
+ */
+const SELF_PARSING: Record<string, { summary: string; help(): string; run(argv: string[]): Promise<number> }> = {
+  bench: {
+    summary: 'time the ops on this machine/GPU against measured bandwidth floors; table, --json, --svg',
+    help: () => (require('./bench/index') as typeof import('./bench/index')).BENCH_HELP,
+    run: (argv) => (require('./bench/index') as typeof import('./bench/index')).benchCommand(argv),
+  },
+};
+const isSelfParsing = (name: string): boolean => Object.prototype.hasOwnProperty.call(SELF_PARSING, name);
+
 function optionLines(options: Record<string, OptionSpec>): string[] {
   const all: [string, string][] = Object.entries(options).map(([name, o]) => [
     `${o.short ? `-${o.short}, ` : ''}--${name}${o.type === 'string' ? ` ${o.arg ?? 'VALUE'}` : ''}`, o.help,
@@ -157,12 +170,13 @@ function optionLines(options: Record<string, OptionSpec>): string[] {
 }
 
 function usage(): string {
-  const w = Math.max(...Object.keys(COMMANDS).map((c) => c.length), 4);
+  const w = Math.max(...Object.keys(COMMANDS).map((c) => c.length), ...Object.keys(SELF_PARSING).map((c) => c.length), 4);
   return [
     'usage: batchnorm <command> [options]',
     '',
     'commands:',
     ...Object.entries(COMMANDS).map(([name, c]) => `  ${name.padEnd(w)}  ${c.summary}`),
+    ...Object.entries(SELF_PARSING).map(([name, c]) => `  ${name.padEnd(w)}  ${c.summary}`),
     `  ${'help'.padEnd(w)}  help <command>: that command's options`,
     '',
     'options: -h, --help (this text), --version',
@@ -175,7 +189,7 @@ function commandHelp(name: string): string {
 }
 
 function unknownCommand(name: string): UsageError {
-  return new UsageError(`unknown command ${JSON.stringify(name)}${suggest(name, [...Object.keys(COMMANDS), 'help'])}`);
+  return new UsageError(`unknown command ${JSON.stringify(name)}${suggest(name, [...Object.keys(COMMANDS), ...Object.keys(SELF_PARSING), 'help'])}`);
 }
 
 /** Runs the CLI on argv (without node and the script); returns the exit status. */
@@ -200,11 +214,16 @@ export async function main(argv: string[]): Promise<number> {
         return 0;
       }
       if (rest.length > 1) throw new UsageError(`help takes one command, got ${rest.length}`);
+      if (isSelfParsing(rest[0])) {
+        console.log(SELF_PARSING[rest[0]].help());
+        return 0;
+      }
       if (!Object.prototype.hasOwnProperty.call(COMMANDS, rest[0])) throw unknownCommand(rest[0]);
       console.log(commandHelp(rest[0]));
       return 0;
     }
     if (first.startsWith('-')) throw new UsageError(`unknown option ${first} (before the command)`);
+    if (isSelfParsing(first)) return await SELF_PARSING[first].run(rest);
     if (!Object.prototype.hasOwnProperty.call(COMMANDS, first)) throw unknownCommand(first);
     const cmd = COMMANDS[first];
     let values: Values;
