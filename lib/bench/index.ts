@@ -18,7 +18,6 @@ import { formatTable, sizeLabel, type BenchReport, type PeerReport } from './rep
 export { BENCH_HELP } from './options';
 
 const SWEEP_MIN = 64 * 1024;
-const SWEEP_MAX = 2 ** 30;
 
 /**
  * x of `w`'s layout with about `bytes` bytes: the kept axes stay, the reduced axes shrink
@@ -104,7 +103,7 @@ export async function benchCommand(argv: string[]): Promise<number> {
   if (plan.sweep) {
     const bases = plan.workloadsGiven ? plan.workloads : [PRESETS[0]];
     const perCase = buffersPerCase(plan) + 2;
-    let max = Math.min(SWEEP_MAX, (0.6 * os.freemem()) / perCase);
+    let max = Math.min(plan.maxSize, (0.6 * os.freemem()) / perCase);
     if (list.some((b) => b !== 'cpu') && cuda.available) max = Math.min(max, (0.7 * cuda.totalMemory) / perCase);
     cases = [];
     for (const base of bases) {

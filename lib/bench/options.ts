@@ -39,6 +39,8 @@ export interface BenchPlan {
   warmup: number;
   quick: boolean;
   sweep: boolean;
+  /** Largest size of --sweep in bytes (default 1 GiB, less when memory is short). */
+  maxSize: number;
   fresh: boolean;
   json: string | null;
   svg: string | null;
@@ -75,6 +77,7 @@ how:
   --quick                CI-sized: ${QUICK_WORKLOADS.join(' and ')}, 5 repetitions
   --sweep                sizes 64 KiB .. 1 GiB (or what memory allows), doubling:
                          GB/s against bytes, which shows the cache levels
+  --max-size SIZE        largest --sweep size, e.g. 256MiB (default 1GiB)
   --fresh                new output arrays each call (CPU): the floor then includes
                          the page-fault cost of the fresh output memory
   --compare LIST         peers, when present: torch (python3 with torch),
@@ -101,6 +104,15 @@ function positiveInt(flag: string, s: string | undefined, max: number): number |
   if (s === undefined) return null;
   const v = /^\d+$/.test(s) ? Number(s) : NaN;
   if (!(v >= 1 && v <= max)) throw new UsageError(`--${flag} must be an integer in [1, ${max}], got ${JSON.stringify(s)}`);
+  return v;
+}
+
+/** "65536", "64KiB", "256MiB", "1GiB" -> bytes, within the sweep's range. */
+export function parseSize(s: string): number {
+  const m = /^(\d+)\s*(KiB|MiB|GiB|K|M|G)?$/i.exec(s.trim());
+  const unit = m?.[2] ? 2 ** (10 * ('kmg'.indexOf(m[2][0].toLowerCase()) + 1)) : 1;
+  const v = m ? Number(m[1]) * unit : NaN;
+  if (!(v >= 64 * 1024 && v <= 2 ** 34)) throw new UsageError(`--max-size must be a size from 64KiB to 16GiB (e.g. 256MiB), got ${JSON.stringify(s)}`);
   return v;
 }
 
@@ -159,6 +171,7 @@ export function parseBenchArgs(argv: string[]): BenchPlan {
         reps: { type: 'string' },
         quick: { type: 'boolean' },
         sweep: { type: 'boolean' },
+        'max-size': { type: 'string' },
         fresh: { type: 'boolean' },
         compare: { type: 'string' },
         json: { type: 'string' },
@@ -180,6 +193,7 @@ export function parseBenchArgs(argv: string[]): BenchPlan {
     warmup: quick ? 2 : 3,
     quick,
     sweep: values.sweep ?? false,
+    maxSize: values['max-size'] !== undefined ? parseSize(values['max-size']) : 2 ** 30,
     fresh: values.fresh ?? false,
     json: values.json ?? null,
     svg: values.svg ?? null,
