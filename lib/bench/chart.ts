@@ -40,7 +40,11 @@ function title(r: BenchReport): object {
   const where = [m.cpu + (m.threads ? `, ${m.threads} threads` : ''), m.gpu ? `${m.gpu}` : null].filter(Boolean).join(' · ');
   return {
     text: r.settings.sweep ? 'batchnorm bench --sweep: achieved GB/s against size' : 'batchnorm bench: achieved GB/s (bar) against the floor (black tick)',
-    subtitle: `${where} · batchnorm ${r.version} · median of up to ${r.settings.reps} runs; label = time ÷ floor time`,
+    subtitle: [
+      `${where} · batchnorm ${r.version}`,
+      `median of up to ${r.settings.reps} runs` +
+        (r.settings.sweep ? '; dashed: bandwidth floors at the largest size' : '; label = time ÷ floor time (1× = at the floor)'),
+    ],
     anchor: 'start',
   };
 }
@@ -62,7 +66,10 @@ export function chartSpec(r: BenchReport): object {
   const base = {
     $schema: 'https://vega.github.io/schema/vega-lite/v6.json',
     title: title(r),
-    config: { font: 'DejaVu Sans, Helvetica, Arial, sans-serif', view: { stroke: '#ddd' }, axis: { labelFontSize: 11, titleFontSize: 12 } },
+    config: {
+      font: 'DejaVu Sans, Helvetica, Arial, sans-serif', view: { stroke: '#ddd' }, axis: { labelFontSize: 11, titleFontSize: 12 },
+      legend: { labelLimit: 320 },
+    },
     background: 'white',
   };
   if (r.settings.sweep) {
@@ -80,7 +87,10 @@ export function chartSpec(r: BenchReport): object {
           name: 'sweep',
           mark: { type: 'point', filled: true, size: 30 },
           encoding: {
-            x: { field: 'bytes', type: 'quantitative', scale: { type: 'log', base: 2 }, title: 'bytes of x', axis: { labelExpr: SIZE_LABEL, tickCount: 8 } },
+            x: {
+              field: 'bytes', type: 'quantitative', scale: { type: 'log', base: 2 }, title: 'bytes of x',
+              axis: { labelExpr: SIZE_LABEL, values: [...new Set(rows.map((x) => x.bytes))].sort((a, b) => a - b), labelAngle: -40, labelOverlap: false },
+            },
             y: { field: 'gbs', type: 'quantitative', title: 'achieved GB/s (bytes that must move / median time)' },
             color: series,
             tooltip: [{ field: 'series' }, { field: 'bytes' }, { field: 'gbs', format: '.1f' }, { field: 'ratio', title: '× floor' }],
