@@ -2,8 +2,9 @@
 # GPU check (DESIGN.md "GPU checks"): on a machine with an NVIDIA GPU and the built addon,
 #   1. prints the device (nvidia-smi when present, and `batchnorm info`),
 #   2. runs the full mocha suite with BATCHNORM_REQUIRE_GPU=1 (unavailable GPU backends fail),
-#   3. runs bench/gpu.js (and bench/torch_compare.py where `import torch` works),
-# and writes report.md + gpu.json (+ torch.json) into $BATCHNORM_OUT (default ./gpu-report).
+#   3. runs `batchnorm bench --backend all` (with --compare torch where `import torch` works
+#      with CUDA) and a --sweep on cuda,
+# and writes report.md, bench.json/.svg and sweep.json/.svg into $BATCHNORM_OUT (default ./gpu-report).
 # Needs no network and no npm: Node comes from $NODE (default `node`); the files it needs
 # beside it are listed in README.md ("Running the GPU check").
 set -uo pipefail
@@ -49,60 +50,57 @@ BATCHNORM_REQUIRE_GPU=1 timeout 900 "$NODE" node_modules/mocha/bin/mocha.js 2>&1
 test_rc=${PIPESTATUS[0]}
 [ "$test_rc" -eq 0 ] || status=1
 
-echo "== benchmark (bench/gpu.js)"
-timeout 600 "$NODE" bench/gpu.js 2>&1 | tee "$OUT/bench.txt"
+compare=""
+if command -v "$PY" >/dev/null 2>&1 && "$PY" -c "import torch; assert torch.cuda.is_available()" >/dev/null 2>&1; then
+  compare="--compare torch"
+else
+  echo "PyTorch comparison skipped: $PY -c 'import torch' (with CUDA) does not work here" | tee "$OUT/torch.txt"
+fi
+echo "== benchmark (batchnorm bench --backend all $compare)"
+PYTHON="$PY" timeout 1200 "$NODE" dist/lib/cli.js bench --backend all $compare \
+  --json "$OUT/bench.json" --svg "$OUT/bench.svg" 2>&1 | tee "$OUT/bench.txt"
+[ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+echo "== sweep (batchnorm bench --sweep --backend cuda)"
+timeout 900 "$NODE" dist/lib/cli.js bench --sweep --backend cuda --ops moments,batchNormalization \
+  --json "$OUT/sweep.json" --svg "$OUT/sweep.svg" 2>&1 | tee "$OUT/sweep.txt"
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 
-if command -v "$PY" >/dev/null 2>&1 && "$PY" -c "import torch; assert torch.cuda.is_available()" >/dev/null 2>&1; then
-  echo "== PyTorch comparison (bench/torch_compare.py)"
-  timeout 600 "$PY" bench/torch_compare.py 2>&1 | tee "$OUT/torch.txt" || status=1
-else
-  echo "== PyTorch comparison skipped: python3 -c 'import torch' (with CUDA) does not work here" | tee "$OUT/torch.txt"
-fi
-
-# The markdown report: summary lines, the benchmark table with ratios and targets.
+# The markdown report: summary lines, the benchmark rows with ratios and targets.
 "$NODE" - "$OUT" "$test_rc" <<'JS' > "$REPORT"
 const fs = require('node:fs'); const path = require('node:path');
 const [out, testRc] = process.argv.slice(2);
 const read = (f) => { try { return fs.readFileSync(path.join(out, f), 'utf8'); } catch { return null; } };
-const gpu = JSON.parse(read('gpu.json') || 'null');
-const torch = JSON.parse(read('torch.json') || 'null');
+const b = JSON.parse(read('bench.json') || 'null');
 const tests = (read('tests.txt') || '').trim().split('\n').pop();
 const L = [];
 L.push('# batchnorm GPU check', '');
-L.push(`- device: ${gpu ? `${gpu.device.name} (cc ${gpu.device.computeCapability}, ${(gpu.device.totalMemory / 2 ** 30).toFixed(1)} GiB, driver ${gpu.device.driverVersion}, runtime ${gpu.device.runtimeVersion})` : 'benchmark did not run'}`);
+const m = b && b.machine;
+L.push(`- device: ${m && m.gpu ? `${m.gpu} (cc ${m.computeCapability}, ${m.gpuMemoryGiB} GiB, driver ${m.driver}, runtime ${m.cudaRuntime})` : 'benchmark did not run on a GPU'}`);
 L.push(`- tests (BATCHNORM_REQUIRE_GPU=1): ${tests} (exit ${testRc})`);
-if (gpu) {
-  L.push('', '| workload | moments ms | GB/s | % of read | batchNorm ms | GB/s | % of D2D copy | moments+BN ms | torch train ms | ratio | torch var_mean ms | torch eval ms |', '|---|---|---|---|---|---|---|---|---|---|---|---|');
-  for (const r of gpu.results) {
-    const t = torch ? torch.results.find((q) => q.workload === r.workload) : null;
-    const f = (v, d = 3) => (v === undefined || v === null ? '-' : v.toFixed(d));
-    L.push(`| ${r.workload} ${JSON.stringify(r.shape)} ax ${JSON.stringify(r.axes)} | ${f(r.moments.ms)} | ${f(r.moments.gbs, 0)} | ${f(100 * r.moments.vsRead, 0)}% | ${f(r.batchNormalization.ms)} | ${f(r.batchNormalization.gbs, 0)} | ${f(100 * r.batchNormalization.vsCopy, 0)}% | ${f(r.training.ms)} | ${t ? f(t.batch_norm_train_ms) : '-'} | ${t ? f(t.batch_norm_train_ms / r.training.ms, 2) : '-'} | ${t ? f(t.var_mean_ms) : '-'} | ${t ? f(t.batch_norm_eval_ms) : '-'} |`);
+if (b) {
+  const f = (v, d = 3) => (typeof v === 'number' ? v.toFixed(d) : '-');
+  const torch = b.peers.find((p) => p.peer === 'torch');
+  const peerMs = (r) => { const t = torch && torch.results.find((q) => q.workload === r.workload && q.op === r.op); return t ? t.ms : undefined; };
+  L.push('', '| workload | op | backend | ms | GB/s | % of floor | torch ms | torch / ours |', '|---|---|---|---|---|---|---|---|');
+  for (const r of b.results.filter((x) => x.backend !== 'cpu')) {
+    const t = peerMs(r);
+    L.push(`| ${r.workload} ${JSON.stringify(r.shape)} ${r.layout} | ${r.op} | ${r.backend} | ${f(r.ms)} | ${f(r.gbs, 0)} | ${f(100 / r.floorRatio, 0)}% | ${f(t)} | ${t ? f(t / r.ms, 2) : '-'} |`);
   }
-  L.push('', 'Targets: batchNormalization >= 85% of D2D copy on W2-W4; moments >= 80% of read; moments+BN no slower than torch training-mode batch_norm (ratio >= 1).');
+  L.push('', `torch: ${torch ? (torch.status === 'ok' ? `${torch.version} on ${torch.deviceName}` : `${torch.status}: ${torch.reason}`) : 'not run'}`);
+  for (const s of b.skipped) L.push(`- ${s.workload} ${s.op} ${s.backend}: ${s.failed ? 'FAILED' : 'skipped'}: ${s.reason}`);
+  L.push('', 'Targets: cuda batchNormalization >= 85% of D2D copy on W2-W4; cuda moments >= 80% of read; cuda fusedBatchNorm no slower than torch training-mode batch_norm.');
   const miss = [];
-  for (const r of gpu.results) {
-    if (r.workload !== 'W1' && r.batchNormalization.vsCopy < 0.85) miss.push(`${r.workload} batchNormalization ${(100 * r.batchNormalization.vsCopy).toFixed(0)}% of copy`);
-    if (r.moments.vsRead < 0.8) miss.push(`${r.workload} moments ${(100 * r.moments.vsRead).toFixed(0)}% of read`);
-    const t = torch ? torch.results.find((q) => q.workload === r.workload) : null;
-    if (t && t.batch_norm_train_ms < r.training.ms) miss.push(`${r.workload} slower than torch training batch_norm`);
+  for (const r of b.results.filter((x) => x.backend === 'cuda')) {
+    if (r.op === 'batchNormalization' && ['W2', 'W3', 'W4'].includes(r.workload) && 1 / r.floorRatio < 0.85) miss.push(`${r.workload} batchNormalization ${f(100 / r.floorRatio, 0)}% of copy`);
+    if (r.op === 'moments' && 1 / r.floorRatio < 0.8) miss.push(`${r.workload} moments ${f(100 / r.floorRatio, 0)}% of read`);
+    const t = r.op === 'fusedBatchNorm' ? peerMs(r) : undefined;
+    if (t !== undefined && t < r.ms) miss.push(`${r.workload} fusedBatchNorm slower than torch training batch_norm`);
   }
-  L.push('', miss.length ? `Targets missed: ${miss.join('; ')}` : 'All targets met.');
+  const gpuRows = b.results.filter((x) => x.backend === 'cuda').length;
+  L.push('', !gpuRows ? 'No cuda results: targets not checked.' : miss.length ? `Targets missed: ${miss.join('; ')}` : 'All targets met.');
+  L.push('', 'cuda moments/batchNormalization: CUDA events (deviceTimeOp); other GPU rows: wall clock over back-to-back calls + synchronize. Charts: bench.svg, sweep.svg.');
 }
-if (!torch) L.push('', 'PyTorch comparison: not run (no torch with CUDA).');
-// cuDNN rows (issue 5): they decide BATCHNORM_PREFER_CUDNN's default for inference.
 L.push('', `cuDNN: ${(read('cudnn.txt') || 'not checked').trim().split('\n').join(' / ')}`);
-if (gpu) {
-  L.push('', '| workload | cudnn inference ms | cuda inference ms | cudnn train fwd ms | cuda train fwd ms | cudnn backward ms | torch train ms | torch eval ms |', '|---|---|---|---|---|---|---|---|');
-  for (const r of gpu.results) {
-    const c = r.cudnn || {};
-    const t = torch ? torch.results.find((q) => q.workload === r.workload) : null;
-    const f = (v) => (typeof v === 'number' ? v.toFixed(3) : '-');
-    if (!c.inference) { L.push(`| ${r.workload} | ${c.skipped || c.error || '-'} | | | | | ${t ? f(t.batch_norm_train_ms) : '-'} | ${t ? f(t.batch_norm_eval_ms) : '-'} |`); continue; }
-    L.push(`| ${r.workload} | ${f(c.inference.cudnnMs)} | ${f(c.inference.cudaMs)} | ${f(c.trainingForward.cudnnMs)} | ${f(c.trainingForward.cudaMs)} | ${f(c.backward.cudnnMs)} | ${t ? f(t.batch_norm_train_ms) : '-'} | ${t ? f(t.batch_norm_eval_ms) : '-'} |`);
-  }
-  L.push('', 'cudnn/cuda rows: wall clock over back-to-back calls + one synchronize (not CUDA events). If cudnn inference beats cuda on W1-W3, make BATCHNORM_PREFER_CUDNN=1 the default (native/backend.cc prefer_cudnn).');
-}
 console.log(L.join('\n'));
 JS
 cat "$REPORT"

@@ -47,6 +47,21 @@ end=$(date +%s.%N)
 echo "install time: $(echo "$end - $start" | bc) s"
 test ! -e "$app/node_modules/batchnorm/build" || { echo "the install compiled (build/ exists)"; exit 1; }
 (cd "$app" && PATH="$bin" npx --no-install batchnorm demo --shape 32,8,8,16)
+# The benchmark from the tarball: a quick run with JSON; --svg without the optional chart
+# packages is a clear error (exit 2), not a crash.
+(cd "$app" && PATH="$bin" npx --no-install batchnorm bench --quick --backend cpu --json bench.json > bench.txt)
+(cd "$app" && PATH="$bin" node -e "
+  const r = require('./bench.json');
+  if (!(r.results.length > 0 && r.results.every((x) => x.ms > 0 && x.floorRatio > 0))) process.exit(1);
+  console.log('bench --quick from the tarball:', r.results.length, 'results');
+")
+set +e
+(cd "$app" && PATH="$bin" npx --no-install batchnorm bench --quick --svg chart.svg 2> svg.err)
+rc=$?
+set -e
+if [ "$rc" -ne 2 ] || ! grep -q 'npm install vega vega-lite' "$app/svg.err"; then
+  echo "bench --svg without vega: exit $rc"; cat "$app/svg.err"; exit 1
+fi
 (cd "$app" && PATH="$bin" node -e "
   const bn = require('batchnorm');
   const cuda = bn.info().cuda;
