@@ -140,7 +140,7 @@ export async function benchCommand(argv: string[]): Promise<number> {
           const r = runGpu(w, backend, plan.ops, opts, gpuName, tick);
           results.push(...r.results);
           skipped.push(...r.skips);
-          gpuFloors.set(r.floor.bytes, r.floor);
+          if (r.floor) gpuFloors.set(r.floor.bytes, r.floor);
           if (r.staging && backend === 'cuda') staging.push(r.staging);
         }
       }
