@@ -77,7 +77,7 @@ how:
   --quick                CI-sized: ${QUICK_WORKLOADS.join(' and ')}, 5 repetitions
   --sweep                sizes 64 KiB .. 1 GiB (or what memory allows), doubling:
                          GB/s against bytes, which shows the cache levels
-  --max-size SIZE        largest --sweep size, e.g. 256MiB (default 1GiB)
+  --max-size SIZE        largest --sweep size, e.g. 256MiB (default 1GiB; --quick 16MiB)
   --fresh                new output arrays each call (CPU): the floor then includes
                          the page-fault cost of the fresh output memory
   --compare LIST         peers, when present: torch (python3 with torch),
@@ -193,7 +193,7 @@ export function parseBenchArgs(argv: string[]): BenchPlan {
     warmup: quick ? 2 : 3,
     quick,
     sweep: values.sweep ?? false,
-    maxSize: values['max-size'] !== undefined ? parseSize(values['max-size']) : 2 ** 30,
+    maxSize: values['max-size'] !== undefined ? parseSize(values['max-size']) : quick ? 16 * 2 ** 20 : 2 ** 30,
     fresh: values.fresh ?? false,
     json: values.json ?? null,
     svg: values.svg ?? null,
