@@ -10,6 +10,7 @@ import { DOMParser, type Element } from '@xmldom/xmldom';
 import { backends } from '../lib/index';
 import { scaleWorkload } from '../lib/bench/index';
 import { PRESETS } from '../lib/bench/options';
+import { TORCH_SCRIPT } from '../lib/bench/peers';
 
 const CLI = path.join(__dirname, '..', 'lib', 'cli.js');
 const INDEX = path.join(__dirname, '..', 'lib', 'index.js');
@@ -218,6 +219,11 @@ describe('batchnorm bench (CLI)', function () {
       if (p.status === 'ok') assert.ok(p.results.length + p.skipped.length > 0);
       else assert.ok(p.reason.length > 0);
     }
+  });
+
+  it('the torch peer script is where the command looks for it (shipped in the package)', () => {
+    assert.ok(fs.existsSync(TORCH_SCRIPT), TORCH_SCRIPT);
+    assert.match(fs.readFileSync(TORCH_SCRIPT, 'utf8'), /json\.load\(sys\.stdin\)/);
   });
 
   it('the core require loads neither the benchmark nor the chart packages', () => {
