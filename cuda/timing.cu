@@ -1,4 +1,4 @@
-// GPU timings for bench/gpu.js: each run between two CUDA events on the op's stream, so
+// GPU timings for `batchnorm bench` (deviceTimeOp): each run between two CUDA events on the op's stream, so
 // the numbers are device time without host launch overhead between runs, and the
 // floors (device-to-device copy, read-only kernel) are measured the same way.
 #include <cuda_runtime.h>
