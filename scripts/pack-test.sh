@@ -19,7 +19,7 @@ tarball=$(basename "$tgz")
 tar tzf "$tgz" | grep -E '^package/prebuilds/linux-x64/[^/]+\.node$' >/dev/null || { echo "no prebuild in the tarball"; exit 1; }
 echo "tarball: $tarball, $(du -k "$tgz" | cut -f1) KiB packed, $(tar tzf "$tgz" | wc -l) files"
 if tar tzf "$tgz" | grep -E '^package/(test|dist/test|bench|build)/' ; then echo "test/bench/build files in the tarball"; exit 1; fi
-tar tzf "$tgz" | grep -qx 'package/scripts/bench_torch.py' || { echo "the torch peer script of batchnorm bench is not in the tarball"; exit 1; }
+tar tzf "$tgz" | grep -x 'package/scripts/bench_torch.py' > /dev/null || { echo "the torch peer script of batchnorm bench is not in the tarball"; exit 1; }
 
 # A PATH with node and the basic tools npm's scripts use, but no cmake, c++, gcc or nvcc.
 bin="$work/bin"
