@@ -73,7 +73,7 @@ export async function benchCommand(argv: string[]): Promise<number> {
     list = resolveBackends(plan);
   } catch (e) {
     if (e instanceof UsageError) {
-      console.error(`batchnorm bench: ${e.message}\n(batchnorm help bench lists the options)`);
+      console.error(`batchnorm: bench: ${e.message}\nRun 'batchnorm help bench' for its options.`);
       return 2;
     }
     throw e;
@@ -84,7 +84,7 @@ export async function benchCommand(argv: string[]): Promise<number> {
       renderer = await loadRenderer();
     } catch (e) {
       if (e instanceof ChartUnavailable) {
-        console.error(`batchnorm bench: ${e.message}`);
+        console.error(`batchnorm: bench: ${e.message}`);
         return 2;
       }
       throw e;
