@@ -5,9 +5,9 @@
 //
 // When the parameters vary along few elements, a table of (mean, inv, offset) in float64
 // is built first (bn_table_fill_kernel), then one pass reads x once and writes y once:
-//   - x not broadcast and the table index is (i / A) % T (per-tensor, NCHW, NHWC and
-//     every layout whose varying dims are adjacent): bn_table_apply_kernel, float4 loads
-//     and stores, 32-bit indices when the size allows;
+//   - x not broadcast and the table index is (i / inner) % T (per-tensor, NCHW, NHWC and
+//     every layout whose varying dims are adjacent): the per-channel passes of
+//     channel_apply.cuh (no per-element index arithmetic, float4 loads and stores);
 //   - otherwise bn_table_general_kernel (index arithmetic per element).
 // When the parameters are as large as x, bn_elementwise_kernel computes inv per element.
 #include <cuda_runtime.h>
@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "../native/broadcast.h"
+#include "channel_apply.cuh"
 #include "common.cuh"
 
 namespace bn {
@@ -65,63 +66,6 @@ __global__ void __launch_bounds__(kThreads) bn_table_fill_kernel(Indexer<4> idx,
     tm[t] = m;
     tinv[t] = inv_std(v, s, eps);
     to[t] = o;
-  }
-}
-
-// x contiguous with y; element i uses table entry (i / A) % T. Each thread handles VEC
-// consecutive elements: one division for the first, then (r, t) advance with carries.
-template <int VEC, typename I>
-__global__ void __launch_bounds__(kThreads) bn_table_apply_kernel(const float* x, float* y, I n, I A, I T,
-                                                                  const double* __restrict__ tm,
-                                                                  const double* __restrict__ tinv,
-                                                                  const double* __restrict__ to) {
-  const I nvec = n / VEC;
-  const I stride = static_cast<I>(gridDim.x) * kThreads;
-  const I g = static_cast<I>(blockIdx.x) * kThreads + threadIdx.x;
-  for (I v = g; v < nvec; v += stride) {
-    const I i = v * VEC;
-    const I q = i / A;
-    I r = i - q * A;
-    I t = q % T;
-    float xs[VEC], ys[VEC];
-    if (VEC == 4) {
-      // x may be y (in place): a plain load, not the read-only path.
-      const float4 x4 = *reinterpret_cast<const float4*>(x + i);
-      xs[0] = x4.x;
-      xs[VEC > 1 ? 1 : 0] = x4.y;
-      xs[VEC > 2 ? 2 : 0] = x4.z;
-      xs[VEC > 3 ? 3 : 0] = x4.w;
-    } else {
-      xs[0] = x[i];
-    }
-    double m = tm[t], inv = tinv[t], o = to[t];
-#pragma unroll
-    for (int e = 0; e < VEC; ++e) {
-      ys[e] = static_cast<float>((static_cast<double>(xs[e]) - m) * inv + o);
-      if (e + 1 < VEC && ++r == A) {
-        r = 0;
-        if (++t == T) t = 0;
-        m = tm[t];
-        inv = tinv[t];
-        o = to[t];
-      }
-    }
-    if (VEC == 4) {
-      float4 y4;
-      y4.x = ys[0];
-      y4.y = ys[VEC > 1 ? 1 : 0];
-      y4.z = ys[VEC > 2 ? 2 : 0];
-      y4.w = ys[VEC > 3 ? 3 : 0];
-      *reinterpret_cast<float4*>(y + i) = y4;
-    } else {
-      y[i] = ys[0];
-    }
-  }
-  // The n % VEC trailing elements, one per thread of the first threads.
-  if (VEC > 1 && g < n - nvec * VEC) {
-    const I i = nvec * VEC + g;
-    const I t = (i / A) % T;
-    y[i] = static_cast<float>((static_cast<double>(x[i]) - tm[t]) * tinv[t] + to[t]);
   }
 }
 
@@ -219,22 +163,14 @@ Status launch_batch_norm(const BatchNormArgs& a, const float* x, const float* co
       }
     const bool simple = x_dense && (nvary == 0 || (nvary == 1 && d.st[1][varying] == 1));
     if (simple) {
-      int64_t A = 1;
-      for (int k = varying + 1; k < d.rank; ++k) A *= d.size[k];
-      if (nvary == 0) A = 1;
+      // [outer, T, inner]: the per-channel passes of channel_apply.cuh.
+      int64_t inner = 1;
+      for (int k = varying + 1; k < d.rank; ++k) inner *= d.size[k];
+      if (nvary == 0) inner = total;
       const int64_t Tm = nvary == 0 ? 1 : d.size[varying];
-      const bool vec = aligned16(x) && aligned16(y);
-      const unsigned grid = grid_for(vec ? total / 4 + 1 : total, kThreads);
-      if (total < (int64_t{1} << 31)) {
-        using I = unsigned int;
-        if (vec) bn_table_apply_kernel<4, I><<<grid, kThreads, 0, st>>>(x, y, I(total), I(A), I(Tm), tm, tinv, to);
-        else bn_table_apply_kernel<1, I><<<grid, kThreads, 0, st>>>(x, y, I(total), I(A), I(Tm), tm, tinv, to);
-      } else {
-        using I = unsigned long long;
-        if (vec) bn_table_apply_kernel<4, I><<<grid, kThreads, 0, st>>>(x, y, I(total), I(A), I(Tm), tm, tinv, to);
-        else bn_table_apply_kernel<1, I><<<grid, kThreads, 0, st>>>(x, y, I(total), I(A), I(Tm), tm, tinv, to);
-      }
-      BN_TRY(check_launch(op, "bn_table_apply_kernel"));
+      const int64_t outer = total / (Tm * inner);
+      chan::NormalizeOp nop{{x}, y, tm, tinv, to};
+      BN_TRY(chan::launch_apply(nop, outer, Tm, inner, st, op));
     } else {
       bn_table_general_kernel<<<grid_for(total, kThreads), kThreads, 0, st>>>(d, total, x, y, tm, tinv, to);
       BN_TRY(check_launch(op, "bn_table_general_kernel"));

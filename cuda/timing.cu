@@ -74,6 +74,14 @@ Status time_batch_norm(const BatchNormArgs& a, int warmup, int reps, std::vector
   return time_loop([&] { return batch_norm(a); }, warmup, reps, ms);
 }
 
+Status time_fused_batch_norm(const FusedBatchNormArgs& a, int warmup, int reps, std::vector<double>* ms) {
+  return time_loop([&] { return fused_batch_norm(a); }, warmup, reps, ms);
+}
+
+Status time_batch_norm_grad(const BatchNormGradArgs& a, int warmup, int reps, std::vector<double>* ms) {
+  return time_loop([&] { return batch_norm_grad(a); }, warmup, reps, ms);
+}
+
 Status time_copy(size_t bytes, int warmup, int reps, std::vector<double>* ms) {
   const char* op = "deviceTimeOp";
   cudaStream_t st;

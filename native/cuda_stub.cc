@@ -41,6 +41,20 @@ Status copy_to_host(void*, const void*, size_t bytes, const char* op) {
 Status synchronize(const char*) { return Status::Ok(); }
 Status moments(const MomentsArgs&) { return unavailable("moments"); }
 Status batch_norm(const BatchNormArgs&) { return unavailable("batchNormalization"); }
+Status fused_batch_norm(const FusedBatchNormArgs&, Stream, ForwardPlan*) { return unavailable("fusedBatchNorm"); }
+Status batch_norm_grad(const BatchNormGradArgs&, Stream) { return unavailable("batchNormalizationGrad"); }
+Status channel_grad_sums(const ChannelGradArgs&, double*, double*, Stream) {
+  return unavailable("batchNormalizationGrad");
+}
+Status channel_grad_apply(const ChannelGradArgs&, const double*, const double*, const double*, float*, Stream) {
+  return unavailable("batchNormalizationGrad");
+}
+Status time_fused_batch_norm(const FusedBatchNormArgs&, int, int, std::vector<double>*) {
+  return unavailable("deviceTimeOp");
+}
+Status time_batch_norm_grad(const BatchNormGradArgs&, int, int, std::vector<double>*) {
+  return unavailable("deviceTimeOp");
+}
 Status time_moments(const MomentsArgs&, int, int, std::vector<double>*) { return unavailable("deviceTimeOp"); }
 Status time_batch_norm(const BatchNormArgs&, int, int, std::vector<double>*) { return unavailable("deviceTimeOp"); }
 Status time_copy(size_t, int, int, std::vector<double>*) { return unavailable("deviceTimeOp"); }
