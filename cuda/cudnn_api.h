@@ -18,6 +18,8 @@ struct cudnnContext;
 typedef struct cudnnContext* cudnnHandle_t;
 struct cudnnTensorStruct;
 typedef struct cudnnTensorStruct* cudnnTensorDescriptor_t;
+struct cudnnActivationStruct;
+typedef struct cudnnActivationStruct* cudnnActivationDescriptor_t;
 // cudaStream_t is `struct CUstream_st*` (CUDA driver_types.h); spelled out so this header
 // needs no CUDA header either.
 struct CUstream_st;
@@ -44,6 +46,11 @@ typedef int cudnnBatchNormMode_t;
 constexpr cudnnBatchNormMode_t CUDNN_BATCHNORM_PER_ACTIVATION = 0;
 constexpr cudnnBatchNormMode_t CUDNN_BATCHNORM_SPATIAL = 1;
 constexpr cudnnBatchNormMode_t CUDNN_BATCHNORM_SPATIAL_PERSISTENT = 2;
+
+// cudnnBatchNormOps_t (cudnn_ops.h): what the Ex calls fuse after the normalization.
+// OPS_BN = 0 (batch norm only), OPS_BN_ACTIVATION = 1, OPS_BN_ADD_ACTIVATION = 2.
+typedef int cudnnBatchNormOps_t;
+constexpr cudnnBatchNormOps_t CUDNN_BATCHNORM_OPS_BN = 0;
 
 // cudnn_ops.h (v9) and cudnn_ops_infer.h (v8): `#define CUDNN_BN_MIN_EPSILON 0.0`.
 // (cuDNN <= 7.x headers had 1e-5; this package requires cuDNN 9.)
@@ -78,5 +85,39 @@ typedef cudnnStatus_t (*cudnnBatchNormalizationBackward_t)(
     const cudnnTensorDescriptor_t dyDesc, const void* dy, const cudnnTensorDescriptor_t dxDesc, void* dx,
     const cudnnTensorDescriptor_t dBnScaleBiasDesc, const void* bnScale, void* dBnScaleResult, void* dBnBiasResult,
     double epsilon, const void* savedMean, const void* savedInvVariance);
+
+// The Ex API (cuDNN >= 7.4; cudnn_ops.h in cuDNN 9, deprecated there like the rest of
+// the legacy batch-norm API): with CUDNN_BATCHNORM_SPATIAL_PERSISTENT it has NHWC
+// kernels, and takes a workspace and a reserve space whose sizes are queried first.
+typedef cudnnStatus_t (*cudnnGetBatchNormalizationForwardTrainingExWorkspaceSize_t)(
+    cudnnHandle_t handle, cudnnBatchNormMode_t mode, cudnnBatchNormOps_t bnOps, const cudnnTensorDescriptor_t xDesc,
+    const cudnnTensorDescriptor_t zDesc, const cudnnTensorDescriptor_t yDesc,
+    const cudnnTensorDescriptor_t bnScaleBiasMeanVarDesc, const cudnnActivationDescriptor_t activationDesc,
+    size_t* sizeInBytes);
+typedef cudnnStatus_t (*cudnnGetBatchNormalizationBackwardExWorkspaceSize_t)(
+    cudnnHandle_t handle, cudnnBatchNormMode_t mode, cudnnBatchNormOps_t bnOps, const cudnnTensorDescriptor_t xDesc,
+    const cudnnTensorDescriptor_t yDesc, const cudnnTensorDescriptor_t dyDesc, const cudnnTensorDescriptor_t dzDesc,
+    const cudnnTensorDescriptor_t dxDesc, const cudnnTensorDescriptor_t dBnScaleBiasDesc,
+    const cudnnActivationDescriptor_t activationDesc, size_t* sizeInBytes);
+typedef cudnnStatus_t (*cudnnGetBatchNormalizationTrainingExReserveSpaceSize_t)(
+    cudnnHandle_t handle, cudnnBatchNormMode_t mode, cudnnBatchNormOps_t bnOps,
+    const cudnnActivationDescriptor_t activationDesc, const cudnnTensorDescriptor_t xDesc, size_t* sizeInBytes);
+typedef cudnnStatus_t (*cudnnBatchNormalizationForwardTrainingEx_t)(
+    cudnnHandle_t handle, cudnnBatchNormMode_t mode, cudnnBatchNormOps_t bnOps, const void* alpha, const void* beta,
+    const cudnnTensorDescriptor_t xDesc, const void* xData, const cudnnTensorDescriptor_t zDesc, const void* zData,
+    const cudnnTensorDescriptor_t yDesc, void* yData, const cudnnTensorDescriptor_t bnScaleBiasMeanVarDesc,
+    const void* bnScale, const void* bnBias, double exponentialAverageFactor, void* resultRunningMean,
+    void* resultRunningVariance, double epsilon, void* resultSaveMean, void* resultSaveInvVariance,
+    const cudnnActivationDescriptor_t activationDesc, void* workspace, size_t workSpaceSizeInBytes,
+    void* reserveSpace, size_t reserveSpaceSizeInBytes);
+typedef cudnnStatus_t (*cudnnBatchNormalizationBackwardEx_t)(
+    cudnnHandle_t handle, cudnnBatchNormMode_t mode, cudnnBatchNormOps_t bnOps, const void* alphaDataDiff,
+    const void* betaDataDiff, const void* alphaParamDiff, const void* betaParamDiff,
+    const cudnnTensorDescriptor_t xDesc, const void* xData, const cudnnTensorDescriptor_t yDesc, const void* yData,
+    const cudnnTensorDescriptor_t dyDesc, const void* dyData, const cudnnTensorDescriptor_t dzDesc, void* dzData,
+    const cudnnTensorDescriptor_t dxDesc, void* dxData, const cudnnTensorDescriptor_t dBnScaleBiasDesc,
+    const void* bnScaleData, const void* bnBiasData, void* dBnScaleData, void* dBnBiasData, double epsilon,
+    const void* savedMean, const void* savedInvVariance, const cudnnActivationDescriptor_t activationDesc,
+    void* workSpace, size_t workSpaceSizeInBytes, void* reserveSpace, size_t reserveSpaceSizeInBytes);
 
 }  // extern "C"

@@ -16,6 +16,11 @@ struct LoadInfo {
   int version = 0;    // cudnnGetVersion(), e.g. 90100 for 9.1.0; 0 when not called
   std::string path;   // what was opened (a path or a soname)
   std::string reason; // why not, when !loaded
+  // The Ex entry points (cudnnBatchNormalizationForwardTrainingEx / BackwardEx and their
+  // size queries), used for NHWC with CUDNN_BATCHNORM_SPATIAL_PERSISTENT; the legacy
+  // calls serve every layout when they are missing.
+  bool ex = false;
+  std::string ex_reason;  // why not, when loaded && !ex
 };
 
 // The process's cuDNN, found once at first use (thread-safe): BATCHNORM_CUDNN_PATH (a
@@ -62,8 +67,20 @@ struct FusedForwardArgs {
   float* running_var_out = nullptr;
   float* saved_mean = nullptr;
   float* saved_inv_std = nullptr;     // 1/sqrt(biased variance + ε)
+  // Optional: device memory of at least training_reserve_size() bytes that receives the
+  // Ex forward's reserve space, for the backward to pass on. Null: scratch.
+  void* reserve = nullptr;
+  size_t reserve_bytes = 0;
 };
 Status fused_forward(const FusedForwardArgs& a);
+
+// Bytes of reserve space the NHWC Ex path wants for x's layout (0 when the Ex path does
+// not apply or wants none).
+Status training_reserve_size(const Layout& x_layout, size_t* bytes);
+
+// Why the last training call on the Ex path fell back to the legacy API ("" = it did
+// not): an unsupported shape, a cuDNN error, a missing reserve space. For diagnostics.
+std::string last_ex_fallback();
 
 // Training backward from the saved statistics; all pointers device memory.
 struct BackwardArgs {
@@ -77,6 +94,9 @@ struct BackwardArgs {
   float* dx = nullptr;
   float* dscale = nullptr;
   float* doffset = nullptr;
+  // The forward's reserve space (FusedForwardArgs::reserve), when the Ex backward wants one.
+  const void* reserve = nullptr;
+  size_t reserve_bytes = 0;
 };
 Status backward(const BackwardArgs& a);
 

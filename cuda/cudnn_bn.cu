@@ -1,6 +1,7 @@
 // The cuDNN path: finding libcudnn at run time, and cuDNN's legacy batch-norm API
-// (cudnnBatchNormalizationForward{Inference,Training}, cudnnBatchNormalizationBackward;
-// deprecated in cuDNN 9 but present in libcudnn.so.9 / libcudnn_ops.so.9). This is the
+// (cudnnBatchNormalizationForward{Inference,Training}, cudnnBatchNormalizationBackward,
+// and for NHWC their Ex variants with CUDNN_BATCHNORM_SPATIAL_PERSISTENT; deprecated in
+// cuDNN 9 but present in libcudnn.so.9 / libcudnn_ops.so.9). This is the
 // only file that calls cuDNN, so a move to the graph API touches it alone.
 //
 // Loading (TensorFlow's cudnn_stub.cc pattern): dlopen at first use, RTLD_LOCAL, every
@@ -48,6 +49,13 @@ struct Api {
   cudnnBatchNormalizationForwardInference_t BatchNormalizationForwardInference = nullptr;
   cudnnBatchNormalizationForwardTraining_t BatchNormalizationForwardTraining = nullptr;
   cudnnBatchNormalizationBackward_t BatchNormalizationBackward = nullptr;
+  // Optional (LoadInfo::ex): the NHWC fast path.
+  cudnnGetBatchNormalizationForwardTrainingExWorkspaceSize_t GetBatchNormalizationForwardTrainingExWorkspaceSize =
+      nullptr;
+  cudnnGetBatchNormalizationBackwardExWorkspaceSize_t GetBatchNormalizationBackwardExWorkspaceSize = nullptr;
+  cudnnGetBatchNormalizationTrainingExReserveSpaceSize_t GetBatchNormalizationTrainingExReserveSpaceSize = nullptr;
+  cudnnBatchNormalizationForwardTrainingEx_t BatchNormalizationForwardTrainingEx = nullptr;
+  cudnnBatchNormalizationBackwardEx_t BatchNormalizationBackwardEx = nullptr;
 };
 
 constexpr const char* kMainSoname = "libcudnn.so.9";
@@ -178,6 +186,29 @@ LoadInfo load(const std::string& override_path, const std::string& source, Api* 
   BN_RESOLVE(BatchNormalizationBackward);
 #undef BN_RESOLVE
   info.loaded = true;
+  // The Ex entry points are optional: without them the legacy calls serve NHWC too.
+  info.ex = true;
+  auto optional = [&](const char* sym, void** out) {
+    if (!info.ex) return;
+    const std::string keep = info.reason;
+    if (!resolve(sym, out)) {
+      info.ex = false;
+      info.ex_reason = info.reason;
+    }
+    info.reason = keep;
+  };
+#define BN_RESOLVE_OPTIONAL(name)                                     \
+  do {                                                                \
+    void* p_ = nullptr;                                               \
+    optional("cudnn" #name, &p_);                                     \
+    api->name = reinterpret_cast<decltype(api->name)>(p_);            \
+  } while (0)
+  BN_RESOLVE_OPTIONAL(GetBatchNormalizationForwardTrainingExWorkspaceSize);
+  BN_RESOLVE_OPTIONAL(GetBatchNormalizationBackwardExWorkspaceSize);
+  BN_RESOLVE_OPTIONAL(GetBatchNormalizationTrainingExReserveSpaceSize);
+  BN_RESOLVE_OPTIONAL(BatchNormalizationForwardTrainingEx);
+  BN_RESOLVE_OPTIONAL(BatchNormalizationBackwardEx);
+#undef BN_RESOLVE_OPTIONAL
   return info;
 }
 
@@ -316,6 +347,44 @@ Status constant_vector(int64_t C, float v, Scratch* s, const char* op) {
   return copy_to_device(s->as<void>(), host.data(), host.size() * sizeof(float), op);
 }
 
+// ---- the Ex path ----------------------------------------------------------------------
+// NHWC (channel axis last) goes through cudnnBatchNormalization*Ex with
+// CUDNN_BATCHNORM_SPATIAL_PERSISTENT, the mode with channels-last kernels (the legacy
+// SPATIAL call runs its NCHW kernel on NHWC strides). BATCHNORM_CUDNN_EX=0 turns it off
+// (to compare). A call that cuDNN refuses falls back to the legacy call; the reason is
+// kept for last_ex_fallback().
+bool ex_wanted(const Layout& l) {
+  static const bool off = [] {
+    const char* e = std::getenv("BATCHNORM_CUDNN_EX");
+    return e && std::string(e) == "0";
+  }();
+  const int rank = static_cast<int>(l.shape.size());
+  return !off && lib().info.ex && (rank == 4 || rank == 5) && l.axis == rank - 1;
+}
+
+std::mutex& fallback_mu() {
+  static std::mutex* m = new std::mutex;
+  return *m;
+}
+std::string& fallback_text() {
+  static std::string* s = new std::string;
+  return *s;
+}
+void note_fallback(const std::string& why) {
+  std::lock_guard<std::mutex> lock(fallback_mu());
+  fallback_text() = why;
+}
+std::string cudnn_text(cudnnStatus_t s) {
+  const char* t = lib().api.GetErrorString ? lib().api.GetErrorString(s) : nullptr;
+  return std::string(t ? t : "unknown error") + " (cudnnStatus_t " + std::to_string(s) + ")";
+}
+
+// The caller holds handle_state().mu.
+cudnnStatus_t ex_reserve_size(cudnnHandle_t h, const TensorDesc& xd, size_t* bytes) {
+  return lib().api.GetBatchNormalizationTrainingExReserveSpaceSize(h, CUDNN_BATCHNORM_SPATIAL_PERSISTENT,
+                                                                   CUDNN_BATCHNORM_OPS_BN, nullptr, xd.get(), bytes);
+}
+
 // After cudnnBatchNormalizationForwardTraining with factor 1 into batch_mean/batch_var
 // (= the batch mean and the unbiased batch variance): the biased variance and the
 // running update, in double like the CPU path.
@@ -414,11 +483,42 @@ Status fused_forward(const FusedForwardArgs& a) {
     BN_TRY(x_descriptor(l, &xd, op));
     BN_TRY(bn_descriptor(xd, &bd, op));
     const float one = 1.f, zero = 0.f;
-    BN_CUDNN_TRY(lib().api.BatchNormalizationForwardTraining(h, CUDNN_BATCHNORM_SPATIAL, &one, &zero, xd.get(), a.x,
-                                                             xd.get(), a.y, bd.get(), a.scale, a.offset, 1.0,
-                                                             a.batch_mean, a.batch_var, a.epsilon, a.saved_mean,
-                                                             a.saved_inv_std),
-                 op, "cudnnBatchNormalizationForwardTraining");
+    bool done = false;
+    Scratch workspace, reserve;
+    if (ex_wanted(l)) {
+      const Api& api = lib().api;
+      size_t ws = 0, rs = 0;
+      cudnnStatus_t e = api.GetBatchNormalizationForwardTrainingExWorkspaceSize(
+          h, CUDNN_BATCHNORM_SPATIAL_PERSISTENT, CUDNN_BATCHNORM_OPS_BN, xd.get(), nullptr, xd.get(), bd.get(), nullptr,
+          &ws);
+      if (e == CUDNN_STATUS_SUCCESS) e = ex_reserve_size(h, xd, &rs);
+      if (e != CUDNN_STATUS_SUCCESS) {
+        note_fallback(std::string(op) + ": Ex size query failed: " + cudnn_text(e));
+      } else {
+        BN_TRY(workspace.alloc(ws, op));
+        void* rp = a.reserve;
+        if (rs > 0 && (!a.reserve || a.reserve_bytes < rs)) {
+          BN_TRY(reserve.alloc(rs, op));
+          rp = reserve.as<void>();
+        }
+        e = api.BatchNormalizationForwardTrainingEx(
+            h, CUDNN_BATCHNORM_SPATIAL_PERSISTENT, CUDNN_BATCHNORM_OPS_BN, &one, &zero, xd.get(), a.x, nullptr, nullptr,
+            xd.get(), a.y, bd.get(), a.scale, a.offset, 1.0, a.batch_mean, a.batch_var, a.epsilon, a.saved_mean,
+            a.saved_inv_std, nullptr, workspace.as<void>(), ws, rs > 0 ? rp : nullptr, rs);
+        if (e == CUDNN_STATUS_SUCCESS) {
+          done = true;
+          note_fallback("");
+        } else {
+          note_fallback(std::string(op) + ": cudnnBatchNormalizationForwardTrainingEx failed: " + cudnn_text(e));
+        }
+      }
+    }
+    if (!done)
+      BN_CUDNN_TRY(lib().api.BatchNormalizationForwardTraining(h, CUDNN_BATCHNORM_SPATIAL, &one, &zero, xd.get(), a.x,
+                                                               xd.get(), a.y, bd.get(), a.scale, a.offset, 1.0,
+                                                               a.batch_mean, a.batch_var, a.epsilon, a.saved_mean,
+                                                               a.saved_inv_std),
+                   op, "cudnnBatchNormalizationForwardTraining");
   }
   const int threads = 256;
   fused_forward_finish_kernel<<<grid_for(C, threads), threads, 0, stream>>>(
@@ -439,6 +539,34 @@ Status backward(const BackwardArgs& a) {
   BN_TRY(x_descriptor(l, &xd, op));
   BN_TRY(bn_descriptor(xd, &bd, op));
   const float one = 1.f, zero = 0.f;
+  if (ex_wanted(l)) {
+    const Api& api = lib().api;
+    size_t ws = 0, rs = 0;
+    cudnnStatus_t e = api.GetBatchNormalizationBackwardExWorkspaceSize(
+        h, CUDNN_BATCHNORM_SPATIAL_PERSISTENT, CUDNN_BATCHNORM_OPS_BN, xd.get(), nullptr, xd.get(), nullptr, xd.get(),
+        bd.get(), nullptr, &ws);
+    if (e == CUDNN_STATUS_SUCCESS) e = ex_reserve_size(h, xd, &rs);
+    if (e != CUDNN_STATUS_SUCCESS) {
+      note_fallback(std::string(op) + ": Ex size query failed: " + cudnn_text(e));
+    } else if (rs > 0 && (!a.reserve || a.reserve_bytes < rs)) {
+      // The reserve space carries state from the forward call; without it, the legacy call.
+      note_fallback(std::string(op) + ": the Ex backward needs the forward's reserve space (" + std::to_string(rs) +
+                    " bytes)");
+    } else {
+      Scratch workspace;
+      BN_TRY(workspace.alloc(ws, op));
+      e = api.BatchNormalizationBackwardEx(h, CUDNN_BATCHNORM_SPATIAL_PERSISTENT, CUDNN_BATCHNORM_OPS_BN, &one, &zero,
+                                           &one, &zero, xd.get(), a.x, nullptr, nullptr, xd.get(), a.dy, nullptr,
+                                           nullptr, xd.get(), a.dx, bd.get(), a.scale, nullptr, a.dscale, a.doffset,
+                                           a.epsilon, a.saved_mean, a.saved_inv_std, nullptr, workspace.as<void>(), ws,
+                                           rs > 0 ? const_cast<void*>(a.reserve) : nullptr, rs);
+      if (e == CUDNN_STATUS_SUCCESS) {
+        note_fallback("");
+        return Status::Ok();
+      }
+      note_fallback(std::string(op) + ": cudnnBatchNormalizationBackwardEx failed: " + cudnn_text(e));
+    }
+  }
   // With savedMean/savedInvVariance given, cuDNN uses them instead of recomputing; ε is
   // passed as the forward's (cuDNN asks for the same value in both).
   BN_CUDNN_TRY(lib().api.BatchNormalizationBackward(h, CUDNN_BATCHNORM_SPATIAL, &one, &zero, &one, &zero, xd.get(), a.x,
@@ -446,6 +574,24 @@ Status backward(const BackwardArgs& a) {
                                                     a.doffset, a.epsilon, a.saved_mean, a.saved_inv_std),
                op, "cudnnBatchNormalizationBackward");
   return Status::Ok();
+}
+
+Status training_reserve_size(const Layout& l, size_t* bytes) {
+  const char* op = "fusedBatchNorm";
+  *bytes = 0;
+  if (!ex_wanted(l)) return Status::Ok();
+  std::lock_guard<std::mutex> lock(handle_state().mu);
+  cudnnHandle_t h;
+  BN_TRY(get_handle(&h, op));
+  TensorDesc xd;
+  BN_TRY(x_descriptor(l, &xd, op));
+  BN_CUDNN_TRY(ex_reserve_size(h, xd, bytes), op, "cudnnGetBatchNormalizationTrainingExReserveSpaceSize");
+  return Status::Ok();
+}
+
+std::string last_ex_fallback() {
+  std::lock_guard<std::mutex> lock(fallback_mu());
+  return fallback_text();
 }
 
 void attach_environment() {

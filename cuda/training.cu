@@ -595,10 +595,15 @@ Status check_view(const ChannelView& v, const char* op) {
   return Status::Ok();
 }
 
+Status missing(const char* op, const char* what) {
+  return Status::Error(Code::kRangeError, std::string(op) + ": " + what + " is required");
+}
+
 Status launch_forward(const FusedBatchNormArgs& a, cudaStream_t st, const char* op, ForwardPlan* used) {
   const long long A = a.view.A, C = a.view.C, B = a.view.B;
   *used = ForwardPlan::kTwoPass;
   if (C == 0) return Status::Ok();
+  if (A * B > 0 && (!a.x || !a.y)) return missing(op, "x and y (device pointers)");
   if (!a.training || a.factor != 1) {
     if (!a.running_mean || !a.running_var)
       return Status::Error(Code::kRangeError, std::string(op) + ": running mean and variance are required " +
@@ -664,6 +669,7 @@ Status fused_batch_norm(const FusedBatchNormArgs& a, Stream stream, ForwardPlan*
 Status channel_grad_sums(const ChannelGradArgs& p, double* sum_dy, double* sum_dy_xmu, Stream stream) {
   const char* op = "batchNormalizationGrad";
   BN_TRY(check_view(ChannelView{p.A, p.C, p.B}, op));
+  if (p.C > 0 && (!p.mean || !sum_dy || !sum_dy_xmu)) return missing(op, "mean, sum_dy and sum_dy_xmu");
   StreamScope s;
   BN_TRY(s.init(stream, op));
   BN_TRY(launch_grad_sums(p.dy, p.x, MeanSource{nullptr, p.mean}, p.A, p.C, p.B, SumsSink{sum_dy, sum_dy_xmu}, s.st,
@@ -675,6 +681,7 @@ Status channel_grad_apply(const ChannelGradArgs& p, const double* g, const doubl
                           Stream stream) {
   const char* op = "batchNormalizationGrad";
   BN_TRY(check_view(ChannelView{p.A, p.C, p.B}, op));
+  if (p.A * p.C * p.B > 0 && (!p.mean || !g || !a || !b || !dx)) return missing(op, "mean, g, a, b and dx");
   StreamScope s;
   BN_TRY(s.init(stream, op));
   chan::GradOp gop{{p.dy, p.x}, dx, p.mean, g, a, b};
@@ -689,6 +696,8 @@ Status batch_norm_grad(const BatchNormGradArgs& a, Stream stream) {
   BN_TRY(s.init(stream, op));
   const long long A = a.view.A, C = a.view.C, B = a.view.B;
   if (C == 0) return Status::Ok();
+  if (!a.saved_mean || !a.saved_inv_std) return missing(op, "saved_mean and saved_inv_std");
+  if (A * B > 0 && (!a.dy || !a.x)) return missing(op, "dy and x (device pointers)");
   {
     Scratch table;
     BN_TRY(table.alloc(4 * static_cast<size_t>(C) * sizeof(double), op));

@@ -84,6 +84,11 @@ double min_epsilon() { return 0.0; }
 Status batch_norm_inference(const BatchNormArgs&, int) { return unavailable("batchNormalization"); }
 Status fused_forward(const FusedForwardArgs&) { return unavailable("fusedBatchNorm"); }
 Status backward(const BackwardArgs&) { return unavailable("batchNormalizationGrad"); }
+Status training_reserve_size(const Layout&, size_t* bytes) {
+  *bytes = 0;
+  return unavailable("fusedBatchNorm");
+}
+std::string last_ex_fallback() { return ""; }
 void attach_environment() {}
 void detach_environment() {}
 }  // namespace cudnn

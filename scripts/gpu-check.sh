@@ -4,6 +4,7 @@
 #   2. runs the full mocha suite with BATCHNORM_REQUIRE_GPU=1 (unavailable GPU backends fail),
 #   3. runs `batchnorm bench --backend all` (with --compare torch where `import torch` works
 #      with CUDA) and a --sweep on cuda,
+#   4. runs the CUDA self-test program when it was built (build/Release/batchnorm_cuda_selftest),
 # and writes report.md, bench.json/.svg and sweep.json/.svg into $BATCHNORM_OUT (default ./gpu-report).
 # Needs no network and no npm: Node comes from $NODE (default `node`); the files it needs
 # beside it are listed in README.md ("Running the GPU check").
@@ -65,6 +66,18 @@ timeout 900 "$NODE" dist/lib/cli.js bench --sweep --backend cuda --ops moments,b
   --json "$OUT/sweep.json" --svg "$OUT/sweep.svg" 2>&1 | tee "$OUT/sweep.txt"
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 
+# The CUDA kernels' own check (training forward/backward against a float64 host reference,
+# CUDA-event timings): a separate program, built on request with
+# `npx cmake-js compile -T batchnorm_cuda_selftest` and copied beside the addon.
+SELFTEST="${BATCHNORM_SELFTEST:-build/Release/batchnorm_cuda_selftest}"
+if [ -x "$SELFTEST" ]; then
+  echo "== CUDA self-test ($SELFTEST)"
+  timeout 900 "$SELFTEST" 2>&1 | tee "$OUT/selftest.txt"
+  [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+else
+  echo "== CUDA self-test skipped: $SELFTEST not built" | tee "$OUT/selftest.txt"
+fi
+
 # The markdown report: summary lines, the benchmark rows with ratios and targets.
 "$NODE" - "$OUT" "$test_rc" <<'JS' > "$REPORT"
 const fs = require('node:fs'); const path = require('node:path');
@@ -77,6 +90,7 @@ L.push('# batchnorm GPU check', '');
 const m = b && b.machine;
 L.push(`- device: ${m && m.gpu ? `${m.gpu} (cc ${m.computeCapability}, ${m.gpuMemoryGiB} GiB, driver ${m.driver}, runtime ${m.cudaRuntime})` : 'benchmark did not run on a GPU'}`);
 L.push(`- tests (BATCHNORM_REQUIRE_GPU=1): ${tests} (exit ${testRc})`);
+L.push(`- CUDA self-test: ${(read('selftest.txt') || 'not run').trim().split('\n').pop()}`);
 if (b) {
   const f = (v, d = 3) => (typeof v === 'number' ? v.toFixed(d) : '-');
   const torch = b.peers.find((p) => p.peer === 'torch');
