@@ -620,7 +620,7 @@ Status launch_forward(const FusedBatchNormArgs& a, cudaStream_t st, const char* 
     BN_TRY(check_launch(op, "inference_prepare_kernel"));
   } else {
     const long long n = A * C * B;
-    // Persistent plan: channels last, at least two rows per split, and (auto) x in L2.
+    // Persistent plan: channels last and a co-resident grid; under kAuto also x in L2.
     PersistentParams pp;
     const bool vec = aligned16(a.x) && aligned16(a.y) && C % 4 == 0;
     const bool can_persist = B == 1 && A > 0 && a.plan != ForwardPlan::kTwoPass && persistent_config(A, C, vec, &pp);
