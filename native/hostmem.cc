@@ -23,16 +23,16 @@ void advise_fresh_output(void* p, size_t bytes) {
   const uintptr_t hi = (reinterpret_cast<uintptr_t>(p) + bytes) & ~(kHuge - 1);
   if (hi <= lo) return;
   madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_HUGEPAGE);
-#ifndef MADV_POPULATE_WRITE
-#define MADV_POPULATE_WRITE 23
-#endif
   // Fault the pages in from every pool thread at once: the kernel zeroes each new page,
-  // and one thread alone cannot zero as fast as memory takes it. POPULATE_WRITE leaves
-  // the contents alone, so this is safe on memory that is already in use (Linux >= 5.14;
-  // older kernels answer EINVAL and the kernel's own writes fault the pages instead).
+  // and one thread alone cannot zero as fast as memory takes it. Each thread writes one
+  // word per 2 MiB page with an atomic add of 0, which leaves the contents alone (also on
+  // memory another thread writes) and takes the page-fault path, which locks only this
+  // mapping. MADV_POPULATE_WRITE would do the same under the process-wide mmap lock, and
+  // every mmap, munmap, mprotect and brk of the JS thread (V8's heap, malloc) then waits
+  // behind the page zeroing: event-loop stalls of tens of ms on a loaded machine.
   const size_t pages = (hi - lo) / kHuge;
   parallel_for(pages, [&](size_t i) {
-    madvise(reinterpret_cast<void*>(lo + i * kHuge), kHuge, MADV_POPULATE_WRITE);
+    __atomic_fetch_add(reinterpret_cast<int*>(lo + i * kHuge), 0, __ATOMIC_RELAXED);
   });
 #else
   (void)p;
