@@ -86,6 +86,16 @@ forEachBackend('batchNormalization', (backend) => {
       assert.equal(y.data, x.data);
       assertClose(x.data, ref.data, bnTol, 'in place');
     });
+    it('in place on a tensor large enough for its pages to be faulted in ahead (16 MiB): x is read intact', () => {
+      // Outputs of 8 MiB and more are faulted in by the pool before the kernel runs; in
+      // place, that memory is x itself, whose values must survive the preparation.
+      const n = 1 << 22;
+      const x = { data: randn(n, 21), shape: [n / 64, 64] };
+      const want = batchNormalization(x, 0.5, 2, 0.25, 3, 1e-3, opts).data;
+      const y = batchNormalization(x, 0.5, 2, 0.25, 3, 1e-3, { ...opts, out: x.data });
+      assert.equal(y.data, x.data);
+      assert.deepEqual(y.data, want);
+    });
     it('NaN and Inf propagate elementwise, nothing else is affected', () => {
       const x = tensor([1, NaN, Infinity, -Infinity, 2], [5]);
       const y = batchNormalization(x, 0, 1, null, null, 0, opts);
