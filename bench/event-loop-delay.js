@@ -4,9 +4,11 @@
 // Usage (after npm run build):
 //   node bench/event-loop-delay.js [--rounds N] [--ops a,b] [--modes fresh,out]
 //        [--shape 64,64,112,112] [--stalls MS] [--verbose] [--check MS] [--json]
-// ops: idle (a control without library calls), moments, batchNormalization, fusedBatchNorm, grad (default all); modes: fresh, out.
-// --verbose lists every gap of the main thread above MS (default 5) with the phase of the
-//   call it fell in and the garbage collections that overlapped it.
+// ops: idle (a control without library calls), moments, batchNormalization, fusedBatchNorm,
+//   grad (default all); modes: fresh, out.
+// --stalls MS counts gaps of the main thread above MS (default 5) and splits them into the
+//   time the main thread ran, waited for a CPU and was blocked (from /proc schedstat);
+//   --verbose lists each with the phase of the call it fell in and the overlapping GCs.
 // --check MS exits with status 1 when any op's worst delay is above MS (npm run check:event-loop),
 //   2 (inconclusive) when the idle control alone is above MS/2: the machine is too busy.
 //
