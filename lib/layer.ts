@@ -162,7 +162,9 @@ function checkState(fn: string, state: unknown): BatchNormalizationState {
   const sp = s.spec as ConventionSpec;
   const spec: ConventionSpec = {
     momentumKind: sp.momentumKind, momentum: sp.momentum, runningVariance: sp.runningVariance, epsilon: sp.epsilon, zeroDebias: sp.zeroDebias,
-    initialMean: sp.initialMean, initialVariance: sp.initialVariance,
+    // States written before the initial values were part of the spec started every
+    // convention at mean 0, variance 1; they load with those values.
+    initialMean: sp.initialMean ?? 0, initialVariance: sp.initialVariance ?? 1,
   };
   if (typeof spec.zeroDebias !== 'boolean') throw new TypeError(`${fn}: state.spec.zeroDebias must be a boolean, got ${describe(spec.zeroDebias)}`);
   checkSpec(`${fn}: state.spec`, spec);

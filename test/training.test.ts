@@ -288,6 +288,19 @@ describe('BatchNormalization layer', () => {
     assert.equal(layer.runningStatistics().mean![0], 0);
   });
 
+  it('a state without spec.initialMean/initialVariance (the older format) loads with mean 0, variance 1', () => {
+    const layer = new BatchNormalization({ convention: 'keras' });
+    layer.forward(batches[0], { training: true });
+    const state = JSON.parse(JSON.stringify(layer.state()));
+    delete state.spec.initialMean;
+    delete state.spec.initialVariance;
+    const other = new BatchNormalization({ convention: 'keras' });
+    other.loadState(state);
+    sameBits(other.forward(batches[1]).data, layer.forward(batches[1]).data, 'inference output');
+    assert.equal(other.state().spec.initialMean, 0);
+    assert.equal(other.state().spec.initialVariance, 1);
+  });
+
   it('state() is JSON-able and loadState round-trips exactly', () => {
     const layer = new BatchNormalization({ convention: 'tf-moments-ema' });
     for (const b of batches.slice(0, 2)) layer.forward(b, { training: true });
