@@ -5,6 +5,52 @@
 /** -1 = auto, 0 = cpu, 1 = cuda, 2 = cudnn */
 export type BackendCode = -1 | 0 | 1 | 2;
 export type BackendName = 'cpu' | 'cuda' | 'cudnn';
+
+/**
+ * fusedBatchNorm's one options object. x is viewed around its channel axis `axis` of
+ * `shape` (rank >= 2); every vector has C = shape[axis] elements. Inputs: scale/offset
+ * (null = ones / zeros), mean/variance = the running statistics (read in inference and
+ * when exponentialAvgFactor != 1; null otherwise). Outputs: y (may be x itself: in place)
+ * and the seven statistics, all disjoint from every input and each other.
+ */
+export interface FusedBatchNormCall {
+  x: F32OrDevice;
+  shape: number[];
+  axis: number;
+  scale: F32OrDevice | null;
+  offset: F32OrDevice | null;
+  mean: F32OrDevice | null;
+  variance: F32OrDevice | null;
+  epsilon: number;
+  exponentialAvgFactor: number;
+  isTraining: boolean;
+  backend: BackendCode;
+  y: F32OrDevice;
+  batchMean: F32OrDevice;
+  batchVariance: F32OrDevice;
+  batchVarianceBiased: F32OrDevice;
+  runningMean: F32OrDevice;
+  runningVariance: F32OrDevice;
+  savedMean: F32OrDevice;
+  savedInvStd: F32OrDevice;
+}
+
+/** batchNormalizationGrad's one options object (layout as FusedBatchNormCall's). */
+export interface BatchNormGradCall {
+  dy: F32OrDevice;
+  x: F32OrDevice;
+  shape: number[];
+  axis: number;
+  scale: F32OrDevice | null;
+  savedMean: F32OrDevice;
+  savedInvStd: F32OrDevice;
+  epsilon: number;
+  isTraining: boolean;
+  backend: BackendCode;
+  dx: F32OrDevice;
+  dscale: F32OrDevice;
+  doffset: F32OrDevice;
+}
 export type ExplainOp = 'moments' | 'batchNormalization' | 'fusedBatchNorm' | 'batchNormalizationGrad';
 
 export interface NativeBackendInfo {
@@ -36,7 +82,7 @@ export interface Binding {
   moments(
     x: F32OrDevice, shape: number[], axes: number[], correction: number,
     outMean: F32OrDevice, outVariance: F32OrDevice, backend: BackendCode,
-    /** Optional float64 sufficient statistics (host data, cpu backend): mean and M2 = Σ(x − mean)² per output. */
+    /** Optional float64 sufficient statistics (host arrays, any backend): mean and M2 = Σ(x − mean)² per output. */
     outMean64?: Float64Array | null, outM2?: Float64Array | null,
   ): BackendName;
   momentsAsync(
@@ -68,7 +114,22 @@ export interface Binding {
   ): Promise<BackendName>;
 
   /**
-   * Backward pass, reductions: per channel c of dy, x viewed as [A, C, B],
+   * fusedBatchNorm (TF FusedBatchNormV3 semantics), training or inference, on the backend
+   * native dispatch picks. Every tensor lives where x does (all Float32Arrays or all
+   * DeviceTensor handles). Returns the backend that ran; the Async twin resolves before
+   * device work has finished (downloads wait for it).
+   */
+  fusedBatchNorm(options: FusedBatchNormCall): BackendName;
+  fusedBatchNormAsync(options: FusedBatchNormCall): Promise<BackendName>;
+  /** batchNormalizationGrad from the forward's saved statistics, training or frozen. */
+  batchNormalizationGrad(options: BatchNormGradCall): BackendName;
+  batchNormalizationGradAsync(options: BatchNormGradCall): Promise<BackendName>;
+  /** How many op calls (sync or async) have entered the op bindings in this process. */
+  opCalls(): number;
+
+  /**
+   * The synchronized backward's building blocks, host data on the CPU only. Reductions:
+   * per channel c of dy, x viewed as [A, C, B],
    * outSumDy[c] = Σ dy and outSumDyXmu[c] = Σ dy·(x − mean[c]), in float64.
    */
   channelGradSums(
@@ -97,7 +158,7 @@ export interface Binding {
    */
   explain(
     op: ExplainOp, backend: BackendCode, onDevice?: boolean,
-    call?: { shape: number[]; axis: number; epsilon: number },
+    call?: { shape: number[]; axis: number; epsilon: number; isTraining?: boolean },
   ): { backend: BackendName; reason: string };
   setNumThreads(n: number): void;
   numThreads(): number;
@@ -119,39 +180,8 @@ export interface Binding {
    */
   allocFloat32(length: number): Float32Array;
 
-  // ---- cuDNN path (cuda/cudnn_bn.cu; issue 5) ----
   /** The cuDNN loader run afresh on `path` (file or directory; default: BATCHNORM_CUDNN_PATH, then the sonames). No GPU needed. */
   cudnnProbe(path?: string): { loaded: boolean; version: number; path: string; reason: string | null };
-  /**
-   * Training forward on cuDNN (TF FusedBatchNormV3 semantics); every tensor a DeviceTensor,
-   * vectors of C = shape[axis] floats; runMean/runVar null only when factor is 1. Throws
-   * ERR_UNSUPPORTED when the selection does not pick cudnn (lib/ asks explain first).
-   */
-  fusedBatchNormDevice(
-    x: DeviceHandle, shape: number[], axis: number, scale: DeviceHandle, offset: DeviceHandle,
-    runMean: DeviceHandle | null, runVar: DeviceHandle | null, epsilon: number, factor: number,
-    y: DeviceHandle, batchMean: DeviceHandle, batchVar: DeviceHandle, batchVarBiased: DeviceHandle,
-    runMeanOut: DeviceHandle, runVarOut: DeviceHandle, savedMean: DeviceHandle, savedInvStd: DeviceHandle,
-    backend: BackendCode,
-  ): BackendName;
-  fusedBatchNormDeviceAsync(
-    x: DeviceHandle, shape: number[], axis: number, scale: DeviceHandle, offset: DeviceHandle,
-    runMean: DeviceHandle | null, runVar: DeviceHandle | null, epsilon: number, factor: number,
-    y: DeviceHandle, batchMean: DeviceHandle, batchVar: DeviceHandle, batchVarBiased: DeviceHandle,
-    runMeanOut: DeviceHandle, runVarOut: DeviceHandle, savedMean: DeviceHandle, savedInvStd: DeviceHandle,
-    backend: BackendCode,
-  ): Promise<BackendName>;
-  /** Training backward on cuDNN from the saved statistics: dx, dscale = Σdy·x̂, doffset = Σdy. */
-  batchNormGradDevice(
-    dy: DeviceHandle, x: DeviceHandle, shape: number[], axis: number, scale: DeviceHandle,
-    savedMean: DeviceHandle, savedInvStd: DeviceHandle, epsilon: number,
-    dx: DeviceHandle, dscale: DeviceHandle, doffset: DeviceHandle, backend: BackendCode,
-  ): BackendName;
-  batchNormGradDeviceAsync(
-    dy: DeviceHandle, x: DeviceHandle, shape: number[], axis: number, scale: DeviceHandle,
-    savedMean: DeviceHandle, savedInvStd: DeviceHandle, epsilon: number,
-    dx: DeviceHandle, dscale: DeviceHandle, doffset: DeviceHandle, backend: BackendCode,
-  ): Promise<BackendName>;
 
   // ---- NCCL communicator (cuda/nccl.cu, native/nccl_binding.cc) ----
   /** The NCCL loader on `path` (file or directory; default: the process's library from BATCHNORM_NCCL_PATH, then libnccl.so.2). No GPU needed. */

@@ -16,7 +16,7 @@
 #include <cmath>
 #include <vector>
 
-#include "../native/broadcast.h"
+#include "../native/backend_api/broadcast.h"
 #include "channel_apply.cuh"
 #include "common.cuh"
 

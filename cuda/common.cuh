@@ -5,7 +5,7 @@
 
 #include <string>
 
-#include "cuda_backend.h"
+#include "../native/backend_api/cuda.h"
 
 namespace bn {
 namespace cuda {

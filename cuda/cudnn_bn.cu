@@ -27,7 +27,7 @@
 
 #include "common.cuh"
 #include "cudnn_api.h"
-#include "cudnn_backend.h"
+#include "../native/backend_api/cudnn.h"
 
 namespace bn {
 namespace cudnn {

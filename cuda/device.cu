@@ -6,7 +6,7 @@
 #include <mutex>
 #include <string>
 
-#include "cuda_backend.h"
+#include "../native/backend_api/cuda.h"
 
 namespace bn {
 namespace cuda {

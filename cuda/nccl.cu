@@ -24,7 +24,7 @@
 
 #include "common.cuh"
 #include "nccl_api.h"
-#include "nccl_backend.h"
+#include "../native/backend_api/nccl.h"
 
 namespace bn {
 namespace nccl {

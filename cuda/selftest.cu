@@ -22,7 +22,7 @@
 #include <vector>
 
 #include "common.cuh"
-#include "cudnn_backend.h"
+#include "../native/backend_api/cudnn.h"
 
 using namespace bn;
 using namespace bn::cuda;

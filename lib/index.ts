@@ -8,12 +8,13 @@ export {
   type BackendChoice, type BackendInfo,
 } from './backend';
 export { BackendError } from './errors';
-export { info, version, type Info } from './info';
+export { info, version, cudnnProbe, type Info, type CudnnProbe } from './info';
 export {
   sufficientStatistics, mergeMoments, finalizeMoments, fusedBatchNorm, fusedBatchNormAsync,
   batchNormalizationGrad, batchNormalizationGradAsync, fusedBatchNormGrad, fusedBatchNormGradAsync,
   type SufficientStatistics, type FusedBatchNormOptions, type FusedBatchNormResult,
   type BatchNormGradOptions, type BatchNormGrads, type DataFormat, type DeviceFusedBatchNormOptions,
+  type DeviceFusedBatchNormResult, type DeviceBatchNormGrads,
 } from './training';
 export {
   BatchNormalization, CONVENTIONS, type Convention, type ConventionSpec,
@@ -22,9 +23,6 @@ export {
 export {
   DeviceTensor, memoryInfo, emptyCache, deviceTimeOp, type DeviceMoments, type DeviceMemoryInfo,
 } from './device';
-export {
-  cudnnProbe, type CudnnProbe, type DeviceFusedBatchNormResult, type DeviceBatchNormGrads,
-} from './cudnn';
 export { checkCommunicator, CollectiveError, type Communicator, type ReduceOp } from './sync/communicator';
 export {
   createThreadGroup, threadCommunicator, abortThreadGroup, type ThreadGroupHandle, type ThreadGroupOptions,

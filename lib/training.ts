@@ -1,13 +1,11 @@
 // Training pieces: mergeable sufficient statistics, the fused training/inference forward
-// (TF FusedBatchNormV3 semantics) and its backward pass.
+// (TF FusedBatchNormV3 semantics) and its backward pass. Each op is planned once here, for
+// host and device data alike, and crosses into native code in one call with one options
+// object; the native dispatcher picks the backend, whose code does the bookkeeping.
+import type { BackendCode, F32OrDevice } from '../binding';
 import { native } from './binding';
 import { backendCode, type BackendChoice } from './backend';
 import { withCallerStack } from './errors';
-import { batchNormalizationAs, batchNormalizationAsyncAs } from './ops';
-import {
-  deviceBatchNormGrad, deviceBatchNormGradAsync, deviceFusedBatchNorm, deviceFusedBatchNormAsync,
-  type DeviceBatchNormGrads, type DeviceFusedBatchNormResult,
-} from './cudnn';
 import { DeviceTensor } from './device';
 import { checkBoolean, checkNumber, checkOptions, OPTION_KEYS } from './check';
 import type { Communicator } from './sync/communicator';
@@ -16,7 +14,6 @@ import {
   AsyncOutput, channelView, checkFusedOptions, checkOut, sameMemory, type ChannelView, type DataFormat, checkEpsilon, checkShape, checkTensor,
   describe, fixedInput, fmtShape, newFloat32, newFloat64, normalizeAxes, overlaps, product, type Tensor,
 } from './tensor';
-
 // ---- sufficient statistics --------------------------------------------------------
 
 /**
@@ -96,14 +93,78 @@ export function finalizeMoments(s: SufficientStatistics, options?: { correction?
   };
 }
 
-// ---- channel layout ---------------------------------------------------------------
+// ---- operands: the one place that tells host data from device data ------------------
 
 export type { DataFormat } from './tensor';
 
-/** A per-channel vector: Float32Array or {data, shape} with C elements, a number, or null (= dflt). */
-function channelVector(fn: string, name: string, v: unknown, C: number, dflt: number | null): Float32Array | null {
+/** A per-channel vector as callers give it. */
+export type ChannelVector = DeviceTensor | Float32Array | Tensor | number | null | undefined;
+
+/**
+ * Where a call's tensors live, decided by x: host Float32Arrays, or DeviceTensors (then
+ * every tensor operand is on the device: host vectors are uploaded as temporaries, which
+ * dispose() returns once the call is queued; stream order keeps them for its kernels).
+ */
+class Operands {
+  readonly device: boolean;
+  private readonly temps: DeviceTensor[] = [];
+  private readonly outs: DeviceTensor[] = [];
+
+  constructor(private readonly fn: string, x: unknown) {
+    this.device = x instanceof DeviceTensor;
+  }
+
+  /** x or dy: a host tensor or a DeviceTensor as x is. */
+  tensor(name: string, t: unknown): Tensor | DeviceTensor {
+    if (!this.device) return checkTensor(this.fn, name, t);
+    if (!(t instanceof DeviceTensor)) throw new TypeError(`${this.fn}: ${name} must be a DeviceTensor when x is one, got ${describe(t)}`);
+    t.handle(this.fn, name);
+    return t;
+  }
+
+  /** A per-channel vector: C elements, a number (filled), or null/undefined (= absent when dflt allows it). */
+  vector(name: string, v: ChannelVector, C: number, required: boolean): Float32Array | DeviceTensor | null {
+    if (v instanceof DeviceTensor) {
+      if (!this.device) {
+        throw new TypeError(`${this.fn}: ${name} is a DeviceTensor but x is host data; download() it or pass x as a DeviceTensor`);
+      }
+      if (v.length !== C) throw new RangeError(`${this.fn}: ${name} has ${v.length} elements but x has ${C} channels`);
+      v.handle(this.fn, name);
+      return v;
+    }
+    const host = hostVector(this.fn, name, v, C, required);
+    if (!host || !this.device) return host;
+    const t = DeviceTensor.upload({ data: host, shape: [C] });
+    this.temps.push(t);
+    return t;
+  }
+
+  /** A fresh output: host memory, or a DeviceTensor disposed again if the call fails. */
+  output(shape: number[]): Float32Array | DeviceTensor {
+    if (!this.device) return newFloat32(this.fn, 'the output', product(shape));
+    const t = DeviceTensor.empty(shape);
+    this.outs.push(t);
+    return t;
+  }
+
+  /** What the binding takes for an operand. */
+  pass(name: string, v: Float32Array | DeviceTensor | Tensor | null): F32OrDevice | null {
+    if (v === null) return null;
+    if (v instanceof DeviceTensor) return v.handle(this.fn, name);
+    return v instanceof Float32Array ? v : v.data;
+  }
+
+  /** After the call was queued (or failed): temporaries go; outputs go too on failure. */
+  done(failed: boolean): void {
+    for (const t of this.temps) t.dispose();
+    if (failed) for (const t of this.outs) t.dispose();
+  }
+}
+
+/** Host copy of a per-channel vector: Float32Array or {data, shape} with C elements, a number, or null. */
+function hostVector(fn: string, name: string, v: unknown, C: number, required: boolean): Float32Array | null {
   if (v === null || v === undefined) {
-    if (dflt === null) throw new TypeError(`${fn}: ${name} is required`);
+    if (required) throw new TypeError(`${fn}: ${name} is required`);
     return null;
   }
   if (typeof v === 'number') return new Float32Array(C).fill(v);
@@ -111,6 +172,10 @@ function channelVector(fn: string, name: string, v: unknown, C: number, dflt: nu
   if (!data) throw new TypeError(`${fn}: ${name} must be a Float32Array, a tensor, a number or null, got ${describe(v)}`);
   if (data.length !== C) throw new RangeError(`${fn}: ${name} has ${data.length} elements but x has ${C} channels`);
   return data;
+}
+
+function shapeOf(t: Tensor | DeviceTensor): number[] {
+  return t.shape.slice();
 }
 
 // ---- fused forward ------------------------------------------------------------------
@@ -157,90 +222,114 @@ export interface FusedBatchNormResult {
   savedInvStd: Tensor;
 }
 
+export interface DeviceFusedBatchNormResult {
+  y: DeviceTensor;
+  batchMean: DeviceTensor;
+  /** Bessel-corrected batch variance (TF's batch_variance). */
+  batchVariance: DeviceTensor;
+  batchVarianceBiased: DeviceTensor;
+  runningMean: DeviceTensor;
+  runningVariance: DeviceTensor;
+  savedMean: DeviceTensor;
+  savedInvStd: DeviceTensor;
+}
+
+export interface DeviceBatchNormGrads {
+  dx: DeviceTensor;
+  dscale: DeviceTensor;
+  doffset: DeviceTensor;
+}
+
+/** One plan of fusedBatchNorm, host or device data. */
 export interface FusedPlan {
-  x: { data: Float32Array; shape: number[] };
+  ops: Operands;
+  x: Tensor | DeviceTensor;
   view: ChannelView;
-  scale: Float32Array | null;
-  offset: Float32Array | null;
+  scale: Float32Array | DeviceTensor | null;
+  offset: Float32Array | DeviceTensor | null;
   eps: number;
   f: number;
   training: boolean;
-  runMean: Float32Array | null;
-  runVar: Float32Array | null;
+  runMean: Float32Array | DeviceTensor | null;
+  runVar: Float32Array | DeviceTensor | null;
   backend: BackendChoice | undefined;
+  code: BackendCode;
   out: Float32Array | undefined;
 }
 
 export function planFused(fn: string, x: unknown, scale: unknown, offset: unknown, options: unknown): FusedPlan {
-  const t = checkTensor(fn, 'x', x);
-  const o = checkOptions<FusedBatchNormOptions>(fn, options, OPTION_KEYS.fusedBatchNorm);
-  const { view, eps, f, training } = checkFusedOptions(fn, t.shape, o);
+  const ops = new Operands(fn, x);
+  const xt = ops.tensor('x', x);
+  const o = checkOptions<FusedBatchNormOptions | DeviceFusedBatchNormOptions>(fn, options, OPTION_KEYS.fusedBatchNorm);
+  const { view, eps, f, training } = checkFusedOptions(fn, xt.shape, o);
+  const code = backendCode(fn, o.backend);
+  const out = (o as FusedBatchNormOptions).out;
+  if (ops.device && out !== undefined) throw new TypeError(`${fn}: options.out is not supported with DeviceTensor inputs`);
   const needRunning = !training || f !== 1;
-  const runMean = channelVector(fn, 'options.mean', o.mean, view.C, needRunning ? null : 0);
-  const runVar = channelVector(fn, 'options.variance', o.variance, view.C, needRunning ? null : 0);
-  const sc = channelVector(fn, 'scale', scale, view.C, 1);
-  const off = channelVector(fn, 'offset', offset, view.C, 0);
-  if (o.out !== undefined) {
-    // Checked here, against the caller's arrays, before any work (the async path writes a copy).
-    const out = checkOut(fn, 'options.out', o.out, t.data.length);
-    if (overlaps(out, t.data) && !sameMemory(out, t.data)) {
-      throw new RangeError(`${fn}: options.out overlaps x.data; only exact in-place use (out = x.data) is supported`);
+  const C = view.C;
+  try {
+    const runMean = ops.vector('options.mean', o.mean, C, needRunning);
+    const runVar = ops.vector('options.variance', o.variance, C, needRunning);
+    const sc = ops.vector('scale', scale as ChannelVector, C, false);
+    const off = ops.vector('offset', offset as ChannelVector, C, false);
+    if (out !== undefined) {
+      // Checked here, against the caller's arrays, before any work (the async path writes a copy).
+      const xd = (xt as Tensor).data;
+      const oa = checkOut(fn, 'options.out', out, xd.length);
+      if (overlaps(oa, xd) && !sameMemory(oa, xd)) {
+        throw new RangeError(`${fn}: options.out overlaps x.data; only exact in-place use (out = x.data) is supported`);
+      }
+      for (const [name, a] of [['scale', sc], ['offset', off], ['options.mean', runMean], ['options.variance', runVar]] as const) {
+        if (a instanceof Float32Array && overlaps(oa, a)) throw new RangeError(`${fn}: options.out must not overlap ${name}`);
+      }
     }
-    for (const [name, a] of [['scale', sc], ['offset', off], ['options.mean', runMean], ['options.variance', runVar]] as const) {
-      if (a && overlaps(out, a)) throw new RangeError(`${fn}: options.out must not overlap ${name}`);
-    }
+    return { ops, x: xt, view, scale: sc, offset: off, eps, f, training, runMean, runVar, backend: o.backend, code, out };
+  } catch (e) {
+    ops.done(true);
+    throw e;
   }
-  return { x: t, view, scale: sc, offset: off, eps, f, training, runMean, runVar, backend: o.backend, out: o.out };
 }
 
-interface Stats {
-  mean: Float32Array;
-  varBiased: Float32Array;
-  varUnbiased: Float32Array;
-  count: number;
-}
+type Outputs<T> = { y: T; batchMean: T; batchVariance: T; batchVarianceBiased: T; runningMean: T; runningVariance: T; savedMean: T; savedInvStd: T };
+const STAT_KEYS = ['batchMean', 'batchVariance', 'batchVarianceBiased', 'runningMean', 'runningVariance', 'savedMean', 'savedInvStd'] as const;
 
-export function statsFrom(p: FusedPlan, mean64: Float64Array, m2: Float64Array, n = p.view.n): Stats {
-  const bessel = Math.max(n - 1, 1);
+/** The one native call of fusedBatchNorm: y and the seven statistics written by the chosen backend. */
+function fusedCall(p: FusedPlan, y: Float32Array | DeviceTensor, stats: Outputs<Float32Array | DeviceTensor>): Parameters<typeof native.fusedBatchNorm>[0] {
+  const { ops } = p;
+  const pass = (name: string, v: Float32Array | DeviceTensor | Tensor | null) => ops.pass(name, v);
   return {
-    mean: Float32Array.from(mean64),
-    varBiased: Float32Array.from(m2, (v) => v / n),
-    varUnbiased: Float32Array.from(m2, (v) => v / bessel),
-    count: n,
+    x: pass('x', p.x)!, shape: p.view.shape, axis: p.view.axis,
+    scale: pass('scale', p.scale), offset: pass('offset', p.offset),
+    mean: pass('options.mean', p.runMean), variance: pass('options.variance', p.runVar),
+    epsilon: p.eps, exponentialAvgFactor: p.f, isTraining: p.training, backend: p.code,
+    y: pass('y', y)!,
+    batchMean: pass('batchMean', stats.batchMean)!, batchVariance: pass('batchVariance', stats.batchVariance)!,
+    batchVarianceBiased: pass('batchVarianceBiased', stats.batchVarianceBiased)!,
+    runningMean: pass('runningMean', stats.runningMean)!, runningVariance: pass('runningVariance', stats.runningVariance)!,
+    savedMean: pass('savedMean', stats.savedMean)!, savedInvStd: pass('savedInvStd', stats.savedInvStd)!,
   };
 }
 
-export function finishFused(p: FusedPlan, y: Tensor, s: Stats | null): FusedBatchNormResult {
-  const C = p.view.C;
-  const vec = (data: Float32Array): Tensor => ({ data, shape: [C] });
-  if (!s) {
-    const mean = p.runMean!;
-    const variance = p.runVar!;
-    return {
-      y, batchMean: vec(mean.slice()), batchVariance: vec(variance.slice()), batchVarianceBiased: vec(variance.slice()),
-      runningMean: vec(mean.slice()), runningVariance: vec(variance.slice()),
-      savedMean: vec(mean.slice()), savedInvStd: vec(Float32Array.from(variance, (v) => 1 / Math.sqrt(v + p.eps))),
-    };
-  }
-  const f = p.f;
-  const runningMean = Float32Array.from(s.mean, (m, c) => (f === 1 ? m : (1 - f) * p.runMean![c] + f * m));
-  const runningVariance = Float32Array.from(s.varUnbiased, (v, c) => (f === 1 ? v : (1 - f) * p.runVar![c] + f * v));
-  return {
-    y, batchMean: vec(s.mean), batchVariance: vec(s.varUnbiased), batchVarianceBiased: vec(s.varBiased),
-    runningMean: vec(runningMean), runningVariance: vec(runningVariance),
-    savedMean: vec(s.mean.slice()), savedInvStd: vec(Float32Array.from(s.varBiased, (v) => 1 / Math.sqrt(v + p.eps))),
-  };
+function fusedOutputs(p: FusedPlan, y: Float32Array | DeviceTensor): Outputs<Float32Array | DeviceTensor> {
+  const r = { y } as Outputs<Float32Array | DeviceTensor>;
+  for (const k of STAT_KEYS) r[k] = p.ops.output([p.view.C]);
+  return r;
 }
 
-export function paramTensor(p: FusedPlan, data: Float32Array | null): Tensor | null {
-  return data ? { data, shape: p.view.paramShape } : null;
+function fusedResult(p: FusedPlan, r: Outputs<Float32Array | DeviceTensor>, y?: Float32Array): FusedBatchNormResult | DeviceFusedBatchNormResult {
+  if (p.ops.device) return r as DeviceFusedBatchNormResult;
+  const out = {} as Outputs<Tensor>;
+  out.y = { data: y ?? (r.y as Float32Array), shape: shapeOf(p.x) };
+  for (const k of STAT_KEYS) out[k] = { data: r[k] as Float32Array, shape: [p.view.C] };
+  return out;
 }
 
 /**
  * Fused batch normalization with TF FusedBatchNormV3 semantics, any rank >= 2, channel axis
  * from dataFormat or axis. Training: normalizes with the batch statistics (biased
  * variance), returns them, the updated running statistics and what backward needs.
- * Inference: normalizes with options.mean / options.variance.
+ * Inference: normalizes with options.mean / options.variance. DeviceTensor x: every
+ * result is a DeviceTensor, computed on the GPU.
  */
 export function fusedBatchNorm(
   x: DeviceTensor, scale: DeviceTensor | Float32Array | Tensor | number | null,
@@ -254,28 +343,21 @@ export function fusedBatchNorm(
   x: Tensor | DeviceTensor, scale: DeviceTensor | Float32Array | Tensor | number | null,
   offset: DeviceTensor | Float32Array | Tensor | number | null, options?: FusedBatchNormOptions | DeviceFusedBatchNormOptions,
 ): FusedBatchNormResult | DeviceFusedBatchNormResult {
-  rejectSync('fusedBatchNorm', options);
-  // DeviceTensor x: cuDNN's fused training forward where it applies, else our CUDA kernels (lib/cudnn.ts).
-  if (x instanceof DeviceTensor) return deviceFusedBatchNorm('fusedBatchNorm', x, scale, offset, options);
-  const p = planFused('fusedBatchNorm', x, scale, offset, options);
-  const ps = p.view.paramShape;
-  if (!p.training) {
-    const y = batchNormalizationAs('fusedBatchNorm', p.x, { data: p.runMean!, shape: ps }, { data: p.runVar!, shape: ps },
-      paramTensor(p, p.offset), paramTensor(p, p.scale), p.eps, { backend: p.backend, out: p.out });
-    return finishFused(p, y, null);
+  const fn = 'fusedBatchNorm';
+  rejectSync(fn, options);
+  const p = planFused(fn, x, scale, offset, options);
+  let failed = true;
+  try {
+    const r = fusedOutputs(p, p.out ?? p.ops.output(p.view.shape));
+    native.fusedBatchNorm(fusedCall(p, r.y, r));
+    failed = false;
+    return fusedResult(p, r);
+  } finally {
+    p.ops.done(failed);
   }
-  const C = p.view.C;
-  const mean64 = new Float64Array(C);
-  const m2 = new Float64Array(C);
-  native.moments(p.x.data, p.x.shape, p.view.reduceAxes, 0, new Float32Array(C), new Float32Array(C),
-    backendCode('fusedBatchNorm', p.backend), mean64, m2);
-  const s = statsFrom(p, mean64, m2);
-  const y = batchNormalizationAs('fusedBatchNorm', p.x, { data: s.mean, shape: ps }, { data: s.varBiased, shape: ps },
-    paramTensor(p, p.offset), paramTensor(p, p.scale), p.eps, { backend: p.backend, out: p.out });
-  return finishFused(p, y, s);
 }
 
-/** fusedBatchNorm computed off the JS thread. */
+/** fusedBatchNorm computed off the JS thread (DeviceTensor x: queued on the GPU, resolved before it finishes). */
 export async function fusedBatchNormAsync(
   x: DeviceTensor, scale: DeviceTensor | Float32Array | Tensor | number | null,
   offset: DeviceTensor | Float32Array | Tensor | number | null, options?: DeviceFusedBatchNormOptions,
@@ -289,32 +371,36 @@ export async function fusedBatchNormAsync(
   offset: DeviceTensor | Float32Array | Tensor | number | null, options?: FusedBatchNormOptions | DeviceFusedBatchNormOptions,
 ): Promise<FusedBatchNormResult | DeviceFusedBatchNormResult> {
   if (wantsSync(options)) return (await syncFusedBatchNorm('fusedBatchNormAsync', x, scale, offset, options)).result;
-  if (x instanceof DeviceTensor) return deviceFusedBatchNormAsync('fusedBatchNormAsync', x, scale, offset, options);
   const fn = 'fusedBatchNormAsync';
   const site = new Error();
-  const p = planFused(fn, x, scale, offset, options);
-  const ps = p.view.paramShape;
-  // Both stages read one fixed x and write library memory; the caller's out gets y at the end.
-  const out = p.out === undefined ? null : AsyncOutput.into(fn, 'options.out', p.out);
-  const xs = { data: fixedInput(p.x.data), shape: p.x.shape };
-  const opts = { backend: p.backend, out: out?.target };
-  const finish = async (y: Tensor, s: Stats | null) => finishFused(p, out ? { data: await out.deliver(), shape: y.shape } : y, s);
+  let failed = true;
+  let p: FusedPlan | null = null;
   try {
-    if (!p.training) {
-      const y = await batchNormalizationAsyncAs(fn, xs, { data: p.runMean!, shape: ps }, { data: p.runVar!, shape: ps },
-        paramTensor(p, p.offset), paramTensor(p, p.scale), p.eps, opts, out?.target);
-      return await finish(y, null);
+    p = planFused(fn, x, scale, offset, options);
+    // Host data: the worker reads fixed copies of resizable inputs and writes library
+    // memory; the caller's out gets y on the JS thread at the end.
+    if (!p.ops.device) {
+      const xt = p.x as Tensor;
+      p.x = { data: fixedInput(xt.data), shape: xt.shape };
+      for (const k of ['scale', 'offset', 'runMean', 'runVar'] as const) {
+        const v = p[k];
+        if (v instanceof Float32Array) p[k] = fixedInput(v);
+      }
     }
-    const C = p.view.C;
-    const mean64 = new Float64Array(C);
-    const m2 = new Float64Array(C);
-    await native.momentsAsync(xs.data, p.x.shape, p.view.reduceAxes, 0, new Float32Array(C), new Float32Array(C),
-      backendCode(fn, p.backend), mean64, m2);
-    const s = statsFrom(p, mean64, m2);
-    const y = await batchNormalizationAsyncAs(fn, xs, { data: s.mean, shape: ps }, { data: s.varBiased, shape: ps },
-      paramTensor(p, p.offset), paramTensor(p, p.scale), p.eps, opts, out?.target);
-    return await finish(y, s);
+    const y = p.ops.device ? null : p.out !== undefined ? AsyncOutput.into(fn, 'options.out', p.out) : AsyncOutput.fresh(fn, 'y', product(p.view.shape));
+    const r = fusedOutputs(p, y ? y.target : p.ops.output(p.view.shape));
+    const call = native.fusedBatchNormAsync(fusedCall(p, r.y, r));
+    p.ops.done(false);  // queued: temporaries can go (stream order)
+    failed = false;
+    try {
+      await call;
+    } catch (e) {
+      p.ops.done(true);
+      throw e;
+    }
+    return fusedResult(p, r, y ? await y.deliver() : undefined);
   } catch (e) {
+    if (failed) p?.ops.done(true);
     throw withCallerStack(e, site);
   }
 }
@@ -327,9 +413,9 @@ export interface BatchNormGradOptions {
   dataFormat?: DataFormat;
   axis?: number;
   backend?: BackendChoice;
-  /** Write dx here instead of a new array. */
+  /** Write dx here instead of a new array (host data). */
   out?: Float32Array;
-  /** The forward's ε: passed to cuDNN with DeviceTensor inputs (it asks for the same value); default 1e-3. */
+  /** The forward's ε: passed to cuDNN (it asks for the same value); default 1e-3. */
   epsilon?: number;
   /** dx of the whole batch across the communicator's ranks (the Async variant only). */
   sync?: Communicator;
@@ -341,20 +427,26 @@ export interface BatchNormGrads {
   doffset: Tensor;
 }
 
+/** One plan of batchNormalizationGrad, host or device data. */
 export interface GradPlan {
-  args: [Float32Array, Float32Array, number, number, number, Float64Array];
+  ops: Operands;
+  dy: Tensor | DeviceTensor;
+  x: Tensor | DeviceTensor;
   view: ChannelView;
-  scale: Float32Array | null;
-  invStd: Float32Array;
+  scale: Float32Array | DeviceTensor | null;
+  mean: Float32Array | DeviceTensor;
+  invStd: Float32Array | DeviceTensor;
+  eps: number;
   training: boolean;
   /** The caller's options.out, or null for a fresh dx. */
   out: Float32Array | null;
-  backend: ReturnType<typeof backendCode>;
+  code: BackendCode;
 }
 
 export function planGrad(fn: string, dy: unknown, x: unknown, scale: unknown, saved: unknown, options: unknown): GradPlan {
-  const xt = checkTensor(fn, 'x', x);
-  const dyt = checkTensor(fn, 'dy', dy);
+  const ops = new Operands(fn, x);
+  const xt = ops.tensor('x', x);
+  const dyt = ops.tensor('dy', dy);
   if (fmtShape(dyt.shape) !== fmtShape(xt.shape)) {
     throw new RangeError(`${fn}: dy has shape ${fmtShape(dyt.shape)} but x has ${fmtShape(xt.shape)}`);
   }
@@ -363,48 +455,50 @@ export function planGrad(fn: string, dy: unknown, x: unknown, scale: unknown, sa
   if (!saved || typeof saved !== 'object') {
     throw new TypeError(`${fn}: saved must be {mean, invStd} (fusedBatchNorm's savedMean / savedInvStd), got ${describe(saved)}`);
   }
-  const sv = saved as { mean?: unknown; invStd?: unknown };
-  const mean = channelVector(fn, 'saved.mean', sv.mean, view.C, null)!;
-  const invStd = channelVector(fn, 'saved.invStd', sv.invStd, view.C, null)!;
   const training = checkBoolean(fn, 'options.isTraining', o.isTraining, true);
-  const n = xt.data.length;
-  const sc = channelVector(fn, 'scale', scale, view.C, 1);
-  let out: Float32Array | null = null;
-  if (o.out !== undefined) {
-    if (!(o.out instanceof Float32Array)) throw new TypeError(`${fn}: options.out must be a Float32Array, got ${describe(o.out)}`);
-    if (o.out.length !== n) throw new RangeError(`${fn}: options.out has ${o.out.length} elements but dx has ${n}`);
-    out = o.out;
-    // dx is written while dy and x are read (and the coefficients come from the rest).
-    const inputs: [string, Float32Array | null][] = [['x', xt.data], ['dy', dyt.data], ['scale', sc], ['saved.mean', mean], ['saved.invStd', invStd]];
-    for (const [name, a] of inputs) {
-      if (a && overlaps(out, a)) throw new RangeError(`${fn}: options.out must not overlap ${name}`);
+  const eps = checkEpsilon(fn, 'options.epsilon', o.epsilon ?? 1e-3);
+  const code = backendCode(fn, o.backend);
+  if (ops.device && o.out !== undefined) throw new TypeError(`${fn}: options.out is not supported with DeviceTensor inputs`);
+  const sv = saved as { mean?: ChannelVector; invStd?: ChannelVector };
+  try {
+    const mean = ops.vector('saved.mean', sv.mean, view.C, true)!;
+    const invStd = ops.vector('saved.invStd', sv.invStd, view.C, true)!;
+    const sc = ops.vector('scale', scale as ChannelVector, view.C, false);
+    let out: Float32Array | null = null;
+    if (o.out !== undefined) {
+      const n = view.A * view.C * view.B;
+      if (!(o.out instanceof Float32Array)) throw new TypeError(`${fn}: options.out must be a Float32Array, got ${describe(o.out)}`);
+      if (o.out.length !== n) throw new RangeError(`${fn}: options.out has ${o.out.length} elements but dx has ${n}`);
+      out = o.out;
+      // dx is written while dy and x are read (and the coefficients come from the rest).
+      const inputs: [string, unknown][] = [['x', (xt as Tensor).data], ['dy', (dyt as Tensor).data], ['scale', sc], ['saved.mean', mean], ['saved.invStd', invStd]];
+      for (const [name, a] of inputs) {
+        if (a instanceof Float32Array && overlaps(out, a)) throw new RangeError(`${fn}: options.out must not overlap ${name}`);
+      }
     }
+    return { ops, dy: dyt, x: xt, view, scale: sc, mean, invStd, eps, training, out, code };
+  } catch (e) {
+    ops.done(true);
+    throw e;
   }
+}
+
+function gradCall(p: GradPlan, dx: Float32Array | DeviceTensor, dscale: Float32Array | DeviceTensor, doffset: Float32Array | DeviceTensor): Parameters<typeof native.batchNormalizationGrad>[0] {
+  const { ops } = p;
   return {
-    args: [dyt.data, xt.data, view.A, view.C, view.B, Float64Array.from(mean)],
-    view, scale: sc, invStd, training, out, backend: backendCode(fn, o.backend),
+    dy: ops.pass('dy', p.dy)!, x: ops.pass('x', p.x)!, shape: p.view.shape, axis: p.view.axis,
+    scale: ops.pass('scale', p.scale), savedMean: ops.pass('saved.mean', p.mean)!, savedInvStd: ops.pass('saved.invStd', p.invStd)!,
+    epsilon: p.eps, isTraining: p.training, backend: p.code,
+    dx: ops.pass('dx', dx)!, dscale: ops.pass('dscale', dscale)!, doffset: ops.pass('doffset', doffset)!,
   };
 }
 
-/** Per-channel coefficients of dx = g·(dy − a − (x − μ)·b), and dscale/doffset. */
-export function gradCoefficients(p: GradPlan, s1: Float64Array, s2: Float64Array, N = p.view.n) {
-  const C = p.view.C;
-  const g = new Float64Array(C);
-  const a = new Float64Array(C);
-  const b = new Float64Array(C);
-  const dscale = new Float32Array(C);
-  const doffset = new Float32Array(C);
-  for (let c = 0; c < C; c++) {
-    const inv = p.invStd[c];
-    g[c] = (p.scale ? p.scale[c] : 1) * inv;
-    if (p.training && N > 0) {
-      a[c] = s1[c] / N;
-      b[c] = (inv * inv * s2[c]) / N;
-    }
-    dscale[c] = inv * s2[c]; // Σ dy·x̂
-    doffset[c] = s1[c];
-  }
-  return { g, a, b, dscale, doffset };
+function gradResult(p: GradPlan, dx: Float32Array | DeviceTensor, dscale: Float32Array | DeviceTensor, doffset: Float32Array | DeviceTensor): BatchNormGrads | DeviceBatchNormGrads {
+  if (p.ops.device) return { dx, dscale, doffset } as DeviceBatchNormGrads;
+  return {
+    dx: { data: dx as Float32Array, shape: p.view.shape }, dscale: { data: dscale as Float32Array, shape: [p.view.C] },
+    doffset: { data: doffset as Float32Array, shape: [p.view.C] },
+  };
 }
 
 /**
@@ -425,21 +519,23 @@ export function batchNormalizationGrad(
   dy: Tensor | DeviceTensor, x: Tensor | DeviceTensor, scale: DeviceTensor | Float32Array | Tensor | number | null,
   saved: { mean: DeviceTensor | Float32Array | Tensor; invStd: DeviceTensor | Float32Array | Tensor }, options?: BatchNormGradOptions,
 ): BatchNormGrads | DeviceBatchNormGrads {
-  rejectSync('batchNormalizationGrad', options);
-  // DeviceTensor inputs: cuDNN's backward (the only GPU backward pass in this version).
-  if (x instanceof DeviceTensor) return deviceBatchNormGrad('batchNormalizationGrad', dy, x, scale, saved, options);
   const fn = 'batchNormalizationGrad';
+  rejectSync(fn, options);
   const p = planGrad(fn, dy, x, scale, saved, options);
-  const dx = p.out ?? newFloat32(fn, 'dx', p.view.A * p.view.C * p.view.B);
-  const s1 = new Float64Array(p.view.C);
-  const s2 = new Float64Array(p.view.C);
-  native.channelGradSums(...p.args, s1, s2, p.backend);
-  const k = gradCoefficients(p, s1, s2);
-  native.channelGradApply(...p.args, k.g, k.a, k.b, dx, p.backend);
-  return { dx: { data: dx, shape: p.view.shape }, dscale: { data: k.dscale, shape: [p.view.C] }, doffset: { data: k.doffset, shape: [p.view.C] } };
+  let failed = true;
+  try {
+    const dx = p.out ?? p.ops.output(p.view.shape);
+    const dscale = p.ops.output([p.view.C]);
+    const doffset = p.ops.output([p.view.C]);
+    native.batchNormalizationGrad(gradCall(p, dx, dscale, doffset));
+    failed = false;
+    return gradResult(p, dx, dscale, doffset);
+  } finally {
+    p.ops.done(failed);
+  }
 }
 
-/** batchNormalizationGrad computed off the JS thread. */
+/** batchNormalizationGrad computed off the JS thread (DeviceTensors: queued on the GPU). */
 export async function batchNormalizationGradAsync(
   dy: DeviceTensor, x: DeviceTensor, scale: DeviceTensor | Float32Array | Tensor | number | null,
   saved: { mean: DeviceTensor | Float32Array | Tensor; invStd: DeviceTensor | Float32Array | Tensor }, options?: BatchNormGradOptions,
@@ -453,22 +549,39 @@ export async function batchNormalizationGradAsync(
   saved: { mean: DeviceTensor | Float32Array | Tensor; invStd: DeviceTensor | Float32Array | Tensor }, options?: BatchNormGradOptions,
 ): Promise<BatchNormGrads | DeviceBatchNormGrads> {
   if (wantsSync(options)) return syncBatchNormGrad('batchNormalizationGradAsync', dy, x, scale, saved, options);
-  if (x instanceof DeviceTensor) return deviceBatchNormGradAsync('batchNormalizationGradAsync', dy, x, scale, saved, options);
   const fn = 'batchNormalizationGradAsync';
   const site = new Error();
-  const p = planGrad(fn, dy, x, scale, saved, options);
+  let failed = true;
+  let p: GradPlan | null = null;
   try {
+    p = planGrad(fn, dy, x, scale, saved, options);
+    if (!p.ops.device) {
+      for (const k of ['dy', 'x'] as const) {
+        const t = p[k] as Tensor;
+        p[k] = { data: fixedInput(t.data), shape: t.shape };
+      }
+      for (const k of ['scale', 'mean', 'invStd'] as const) {
+        const v = p[k];
+        if (v instanceof Float32Array) (p as unknown as Record<string, unknown>)[k] = fixedInput(v);
+      }
+    }
     const n = p.view.A * p.view.C * p.view.B;
-    const dx = p.out ? AsyncOutput.into(fn, 'options.out', p.out) : AsyncOutput.fresh(fn, 'dx', n);
-    p.args[0] = fixedInput(p.args[0]);
-    p.args[1] = fixedInput(p.args[1]);
-    const s1 = new Float64Array(p.view.C);
-    const s2 = new Float64Array(p.view.C);
-    await native.channelGradSumsAsync(...p.args, s1, s2, p.backend);
-    const k = gradCoefficients(p, s1, s2);
-    await native.channelGradApplyAsync(...p.args, k.g, k.a, k.b, dx.target, p.backend);
-    return { dx: { data: await dx.deliver(), shape: p.view.shape }, dscale: { data: k.dscale, shape: [p.view.C] }, doffset: { data: k.doffset, shape: [p.view.C] } };
+    const dxo = p.ops.device ? null : p.out ? AsyncOutput.into(fn, 'options.out', p.out) : AsyncOutput.fresh(fn, 'dx', n);
+    const dx = dxo ? dxo.target : p.ops.output(p.view.shape);
+    const dscale = p.ops.output([p.view.C]);
+    const doffset = p.ops.output([p.view.C]);
+    const call = native.batchNormalizationGradAsync(gradCall(p, dx, dscale, doffset));
+    p.ops.done(false);
+    failed = false;
+    try {
+      await call;
+    } catch (e) {
+      p.ops.done(true);
+      throw e;
+    }
+    return gradResult(p, dxo ? await dxo.deliver() : dx, dscale, doffset);
   } catch (e) {
+    if (failed) p?.ops.done(true);
     throw withCallerStack(e, site);
   }
 }

@@ -13,7 +13,7 @@
 #include <vector>
 
 #include "device_binding.h"  // status_error
-#include "status.h"
+#include "backend_api/status.h"
 
 namespace bn {
 

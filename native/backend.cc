@@ -1,10 +1,12 @@
 #include "backend.h"
 
+#include <cstdio>
 #include <cstdlib>
 #include <limits>
 
-#include "../cuda/cuda_backend.h"
-#include "../cuda/cudnn_backend.h"
+#include "backend_api/cuda.h"
+#include "backend_api/cudnn.h"
+#include "backend_api/dispatch_table.h"
 
 namespace bn {
 
@@ -40,18 +42,14 @@ std::string unavailable_reason(Backend b) {
   return "unknown backend";
 }
 
-// ---- the cuDNN path (issue 5) -------------------------------------------------------
+// ---- cuDNN as one backend ----------------------------------------------------------
 
-// BATCHNORM_PREFER_CUDNN: "1" = 'auto' also picks cudnn for inference, "0" = 'auto'
-// never picks cudnn; unset = cudnn for the training ops (no fused GPU kernels of ours),
-// our kernels for inference — until scripts/gpu-check.sh's benchmark decides the default.
-enum class Prefer { kDefault, kYes, kNo };
-Prefer prefer_cudnn() {
-  static const Prefer p = [] {
+// BATCHNORM_PREFER_CUDNN=1: 'auto' also picks cudnn for batchNormalization on device
+// data (our kernel is the default there). The training ops follow the measured table.
+bool prefer_cudnn_inference() {
+  static const bool p = [] {
     const char* e = std::getenv("BATCHNORM_PREFER_CUDNN");
-    if (e && std::string(e) == "1") return Prefer::kYes;
-    if (e && std::string(e) == "0") return Prefer::kNo;
-    return Prefer::kDefault;
+    return e && std::string(e) == "1";
   }();
   return p;
 }
@@ -77,6 +75,9 @@ std::string cudnn_rejects(Op op, const CallInfo* c, Memory data, bool automatic)
   if (automatic && data != Memory::kDevice) return "inputs are host Float32Arrays";
   if (op != Op::kBatchNorm && !training) return std::string("cuDNN has no routine for ") + op_name(op);
   if (!c) return "the call's shapes are not known (explain without options.shape)";
+  if (training && !c->training)
+    return op == Op::kFusedForward ? "cuDNN's training forward computes batch statistics (isTraining false: use 'cuda')"
+                                   : "cuDNN's backward assumes batch statistics (isTraining false: use 'cuda')";
   const size_t rank = c->shape.size();
   if (rank != 4 && rank != 5) return "x has rank " + std::to_string(rank) + "; cuDNN batch norm takes rank 4 or 5";
   if (c->channel_axis != 1 && c->channel_axis != static_cast<int>(rank) - 1)
@@ -93,52 +94,71 @@ std::string cudnn_rejects(Op op, const CallInfo* c, Memory data, bool automatic)
   return "";
 }
 
-// fusedBatchNorm (training) and batchNormalizationGrad on DeviceTensors.
-Status select_fused(Op op, int requested, Backend* chosen, std::string* why, Memory data, const CallInfo* call) {
+// The measured table's entry for a call, or null (cuda/dispatch_table.h).
+const cuda::DispatchEntry* measured_entry(Op op, const CallInfo* c) {
+  if (!c) return nullptr;
+  const std::string name = op_name(op);
+  for (const cuda::DispatchEntry* e = cuda::kDispatchTable; e->op; ++e) {
+    if (name != e->op || e->axis != c->channel_axis || static_cast<size_t>(e->rank) != c->shape.size()) continue;
+    bool same = true;
+    for (size_t i = 0; i < c->shape.size() && same; ++i) same = e->shape[i] == c->shape[i];
+    if (same) return e;
+  }
+  return nullptr;
+}
+
+std::string fmt_ms(double ms) {
+  char b[32];
+  std::snprintf(b, sizeof b, "%.4g ms", ms);
+  return b;
+}
+
+// fusedBatchNorm and batchNormalizationGrad, host or device data.
+Status select_training(Op op, int requested, Backend* chosen, std::string* why, Memory data, const CallInfo* call) {
   const std::string fn = op_name(op);
-  const bool forward = op == Op::kFusedForward;
   if (requested >= 0) {
     const Backend b = static_cast<Backend>(requested);
     const std::string r = unavailable_reason(b);
     if (!r.empty())
       return Status::Error(Code::kBackendUnavailable, fn + ": backend '" + backend_name(b) + "' is unavailable: " + r);
-    if (b == Backend::kCpu)
+    if (b == Backend::kCpu && data == Memory::kDevice)
       return Status::Error(Code::kUnsupported, fn + ": backend 'cpu' cannot read DeviceTensor inputs; download() them "
                                                     "first or use backend 'cuda' or 'cudnn'");
-    if (b == Backend::kCuda) {
-      if (!forward)
-        return Status::Error(Code::kUnsupported, fn + ": backend 'cuda' has no backward kernels in this version; "
-                                                      "DeviceTensor gradients run on 'cudnn'");
-      *chosen = b;
-      *why = "requested 'cuda'";
-      return Status::Ok();
+    if (b == Backend::kCudnn) {
+      const std::string no = cudnn_rejects(op, call, data, false);
+      if (!no.empty()) return Status::Error(Code::kUnsupported, fn + ": backend 'cudnn' cannot run this call: " + no);
     }
-    const std::string no = cudnn_rejects(op, call, data, false);
-    if (!no.empty()) return Status::Error(Code::kUnsupported, fn + ": backend 'cudnn' cannot run this call: " + no);
     *chosen = b;
-    *why = "requested 'cudnn'";
+    *why = std::string("requested '") + backend_name(b) + "'";
     return Status::Ok();
   }
   const std::string cuda = unavailable_reason(Backend::kCuda);
+  if (data == Memory::kHost) {
+    *chosen = Backend::kCpu;
+    *why = std::string("auto: 'cpu' (inputs are host Float32Arrays: memory-bound ops gain nothing from a PCIe "
+                       "round trip; cuda: ") +
+           (cuda.empty() ? "available, used for DeviceTensor inputs or backend 'cuda'" : cuda) + ")";
+    return Status::Ok();
+  }
   if (!cuda.empty())
     return Status::Error(Code::kBackendUnavailable,
                          fn + ": inputs are DeviceTensors but backend 'cuda' is unavailable: " + cuda);
-  std::string no = cudnn_rejects(op, call, data, true);
-  if (no.empty() && prefer_cudnn() != Prefer::kNo) {
+  const std::string no = cudnn_rejects(op, call, data, true);
+  const cuda::DispatchEntry* e = measured_entry(op, call);
+  if (e && no.empty() && std::string(e->backend) == "cudnn") {
     *chosen = Backend::kCudnn;
-    *why = forward ? "auto: 'cudnn' (per-channel DeviceTensors: statistics, normalization and running update in one "
-                     "cuDNN call)"
-                   : "auto: 'cudnn' (per-channel DeviceTensors: the only GPU backward pass in this version)";
+    *why = "auto: 'cudnn' (measured table entry on " + std::string(e->card) + ": cudnn " + fmt_ms(e->cudnn_ms) +
+           ", ours " + fmt_ms(e->cuda_ms) + ")";
     return Status::Ok();
   }
-  if (no.empty()) no = "BATCHNORM_PREFER_CUDNN=0";
-  if (forward) {
-    *chosen = Backend::kCuda;
-    *why = "auto: 'cuda' (our moments and batchNormalization kernels; cudnn: " + no + ")";
-    return Status::Ok();
-  }
-  return Status::Error(Code::kUnsupported, fn + ": DeviceTensor inputs need backend 'cudnn' (the only GPU backward "
-                                                "pass in this version), which cannot run this call: " + no);
+  *chosen = Backend::kCuda;
+  if (e)
+    *why = "auto: 'cuda' (measured table entry on " + std::string(e->card) + ": ours " + fmt_ms(e->cuda_ms) +
+           ", cudnn " + fmt_ms(e->cudnn_ms) + (no.empty() ? "" : "; cudnn: " + no) + ")";
+  else
+    *why = "auto: 'cuda' (no measured table entry for this shape; our kernels by default" +
+           (no.empty() ? std::string() : "; cudnn: " + no) + ")";
+  return Status::Ok();
 }
 
 // The one non-broadcast axis of a parameter's shape aligned right against x, or -1.
@@ -183,18 +203,19 @@ std::vector<BackendInfo> backend_infos() {
 }
 
 Status select_backend(Op op, int requested, Backend* chosen, std::string* why, Memory data, const CallInfo* call) {
-  if (op == Op::kFusedForward || op == Op::kFusedBackward) return select_fused(op, requested, chosen, why, data, call);
+  if (op == Op::kFusedForward || op == Op::kFusedBackward) return select_training(op, requested, chosen, why, data, call);
   // Every available backend supports both forward ops; op names the caller.
   const char* fn = op == Op::kMoments ? "moments" : op == Op::kBatchNorm ? "batchNormalization" : "batchNormalizationGrad";
   if (op == Op::kTraining) {
-    // The backward kernels exist for the CPU only in this version.
+    // channelGradSums/Apply (the synchronized backward's building blocks) take host data
+    // and run on the CPU; batchNormalizationGrad itself runs on every backend.
     if (requested > 0 && unavailable_reason(static_cast<Backend>(requested)).empty())
       return Status::Error(Code::kUnsupported, std::string(fn) + ": backend '" +
                                                    backend_name(static_cast<Backend>(requested)) +
-                                                   "' has no training kernels in this version; use 'cpu'");
+                                                   "' does not run the channel gradient building blocks; use 'cpu'");
     if (requested < 0) {
       *chosen = Backend::kCpu;
-      *why = "auto: 'cpu' (training kernels run on the CPU in this version)";
+      *why = "auto: 'cpu' (the channel gradient building blocks run on the CPU)";
       return Status::Ok();
     }
   }
@@ -230,10 +251,9 @@ Status select_backend(Op op, int requested, Backend* chosen, std::string* why, M
       return Status::Error(Code::kBackendUnavailable, std::string(fn) +
                                                           ": inputs are DeviceTensors but backend 'cuda' is unavailable: " +
                                                           cuda);
-    // cuDNN for inference only when asked: our kernel runs near copy bandwidth, and
-    // gpu-check's benchmark (cudnn rows) decides whether the default changes.
+    // cuDNN for inference only when asked: our kernel runs near copy bandwidth.
     const std::string no = op == Op::kBatchNorm ? cudnn_rejects(op, call, data, true) : cudnn;
-    if (op == Op::kBatchNorm && no.empty() && prefer_cudnn() == Prefer::kYes) {
+    if (op == Op::kBatchNorm && no.empty() && prefer_cudnn_inference()) {
       *chosen = Backend::kCudnn;
       *why = "auto: 'cudnn' (per-channel DeviceTensors and BATCHNORM_PREFER_CUDNN=1)";
       return Status::Ok();
@@ -267,12 +287,24 @@ Status run_channel_grad_apply(Backend b, const ChannelGradArgs& p, const double*
                                                       backend_name(b) + "' is unavailable: " + unavailable_reason(b));
 }
 
+Status run_fused_batch_norm(Backend b, const FusedArgs& a) {
+  if (b == Backend::kCpu && a.mem == Memory::kHost) return cpu_fused_batch_norm(a);
+  if (b == Backend::kCuda && unavailable_reason(b).empty()) return cuda::fused_batch_norm_op(a);
+  if (b == Backend::kCudnn && unavailable_reason(b).empty()) return cuda::cudnn_fused_batch_norm_op(a);
+  return Status::Error(Code::kBackendUnavailable, std::string("fusedBatchNorm: backend '") + backend_name(b) +
+                                                      "' is unavailable: " + unavailable_reason(b));
+}
+
+Status run_batch_norm_grad(Backend b, const GradArgs& a) {
+  if (b == Backend::kCpu && a.mem == Memory::kHost) return cpu_batch_norm_grad(a);
+  if (b == Backend::kCuda && unavailable_reason(b).empty()) return cuda::batch_norm_grad_op(a);
+  if (b == Backend::kCudnn && unavailable_reason(b).empty()) return cuda::cudnn_batch_norm_grad_op(a);
+  return Status::Error(Code::kBackendUnavailable, std::string("batchNormalizationGrad: backend '") +
+                                                      backend_name(b) + "' is unavailable: " + unavailable_reason(b));
+}
+
 Status run_moments(Backend b, const MomentsArgs& a) {
   if (b == Backend::kCpu && a.mem == Memory::kHost) return cpu_moments(a);
-  if (a.mean64)  // sufficientStatistics / fusedBatchNorm's float64 statistics
-    return Status::Error(Code::kUnsupported, std::string("moments: float64 sufficient statistics are computed by the "
-                                                         "'cpu' backend only in this version, not '") +
-                                                 backend_name(b) + "'");
   if (b == Backend::kCuda && unavailable_reason(b).empty()) return cuda::moments(a);
   return Status::Error(Code::kBackendUnavailable, std::string("moments: backend '") + backend_name(b) +
                                                       "' is unavailable: " + unavailable_reason(b));

@@ -3,7 +3,7 @@
 #include <string>
 #include <vector>
 
-#include "ops.h"
+#include "backend_api/ops.h"
 
 namespace bn {
 
@@ -16,9 +16,10 @@ struct BackendInfo {
 std::vector<BackendInfo> backend_infos();
 
 enum class Op { kMoments, kBatchNorm, kTraining, kFusedForward, kFusedBackward };
-// kTraining: the backward kernels on host data (channelGradSums/Apply, CPU only).
-// kFusedForward / kFusedBackward: fusedBatchNorm's training forward and
-// batchNormalizationGrad on DeviceTensors (the cuDNN path; issue 5).
+// kTraining: the backward building blocks channelGradSums/Apply on host data (CPU only;
+// the synchronized backward combines them across ranks).
+// kFusedForward / kFusedBackward: fusedBatchNorm and batchNormalizationGrad, host or
+// device data, training or not (CallInfo::training).
 
 // What select_backend needs to know about a call to judge whether cuDNN can run it.
 struct CallInfo {
@@ -26,6 +27,7 @@ struct CallInfo {
   int channel_axis = -1;  // the per-channel parameters' axis; -1 = not per-channel vectors
   double epsilon = 0;
   bool same_shape = true; // y has x's shape (x is not broadcast)
+  bool training = true;   // fusedBatchNorm / batchNormalizationGrad: batch statistics (not frozen)
 };
 
 // The channel axis of batchNormalization's parameters when each present one is a vector
@@ -42,6 +44,8 @@ Status select_backend(Op op, int requested, Backend* chosen, std::string* why, M
 
 Status run_moments(Backend b, const MomentsArgs& a);
 Status run_batch_norm(Backend b, const BatchNormArgs& a);
+Status run_fused_batch_norm(Backend b, const FusedArgs& a);
+Status run_batch_norm_grad(Backend b, const GradArgs& a);
 Status run_channel_grad_sums(Backend b, const ChannelGradArgs& p, double* sum_dy, double* sum_dy_xmu);
 Status run_channel_grad_apply(Backend b, const ChannelGradArgs& p, const double* g, const double* a,
                               const double* bb, float* dx);

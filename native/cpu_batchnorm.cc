@@ -12,8 +12,8 @@
 #include <new>
 #include <vector>
 
-#include "broadcast.h"
-#include "ops.h"
+#include "backend_api/broadcast.h"
+#include "backend_api/ops.h"
 #include "simd.h"
 #include "threadpool.h"
 

@@ -14,7 +14,7 @@
 #include <new>
 #include <vector>
 
-#include "ops.h"
+#include "backend_api/ops.h"
 #include "simd.h"
 #include "threadpool.h"
 

@@ -8,10 +8,11 @@
 // for any thread count (as for moments). At most kMaxBlocks blocks keep partial sums, so
 // the scratch memory is O(C), whatever the batch size.
 #include <algorithm>
+#include <cmath>
 #include <new>
 #include <vector>
 
-#include "ops.h"
+#include "backend_api/ops.h"
 #include "simd.h"
 #include "threadpool.h"
 
@@ -150,6 +151,131 @@ Status cpu_channel_grad_apply(const ChannelGradArgs& p, const double* g, const d
       const int64_t off = static_cast<int64_t>(t) * B;
       run_grad_apply(p.dy + off, p.x + off, dx + off, B, p.mean[c], g[c], a[c], b[c]);
     });
+  }
+  return Status::Ok();
+}
+
+
+// ---- the training ops: bookkeeping around the kernels ------------------------------
+// Every rounding below is the one the TypeScript layer used to apply to the same float64
+// values (float32 statistics, float64 arithmetic on them), so the CPU results are
+// bit-identical to it: mean and variances are rounded to float32 once, the running
+// update and 1/sqrt(v + ε) are computed in float64 from those float32 values.
+namespace {
+
+// The per-channel parameter shape that broadcasts against x: C at `axis`, 1 after it.
+Shape param_shape(const ChannelLayout& l) {
+  Shape s(l.shape.begin() + l.axis, l.shape.end());
+  for (size_t i = 1; i < s.size(); ++i) s[i] = 1;
+  return s;
+}
+
+Status normalize(const FusedArgs& a, const float* mean, const float* variance) {
+  BatchNormArgs b;
+  const Shape ps = param_shape(a.layout);
+  b.x = {a.x, a.layout.shape, Memory::kHost};
+  b.mean = {mean, ps, Memory::kHost};
+  b.variance = {variance, ps, Memory::kHost};
+  b.offset = {a.offset, a.offset ? ps : Shape{}, Memory::kHost};
+  b.scale = {a.scale, a.scale ? ps : Shape{}, Memory::kHost};
+  b.epsilon = a.epsilon;
+  b.y = a.y;
+  b.out_shape = a.layout.shape;
+  return cpu_batch_norm(b);
+}
+
+}  // namespace
+
+Status cpu_fused_batch_norm(const FusedArgs& a) {
+  const int64_t C = a.layout.C;
+  const size_t uc = static_cast<size_t>(C);
+  if (!a.training) {
+    Status s = normalize(a, a.running_mean, a.running_var);
+    if (!s.ok()) return s;
+    for (float* o : {a.batch_mean, a.running_mean_out, a.saved_mean}) std::copy(a.running_mean, a.running_mean + C, o);
+    for (float* o : {a.batch_var, a.batch_var_biased, a.running_var_out}) std::copy(a.running_var, a.running_var + C, o);
+    for (int64_t c = 0; c < C; ++c)
+      a.saved_inv_std[c] = static_cast<float>(1.0 / std::sqrt(static_cast<double>(a.running_var[c]) + a.epsilon));
+    return Status::Ok();
+  }
+  std::vector<double> mean64, m2;
+  std::vector<float> scratch;
+  try {
+    mean64.assign(uc, 0.0);
+    m2.assign(uc, 0.0);
+    scratch.assign(2 * uc, 0.0f);
+  } catch (const std::bad_alloc&) {
+    return Status::Error(Code::kOutOfMemory, "fusedBatchNorm: out of host memory for the statistics");
+  }
+  MomentsArgs m;
+  m.x = a.x;
+  m.shape = a.layout.shape;
+  m.reduce.assign(m.shape.size(), true);
+  m.reduce[static_cast<size_t>(a.layout.axis)] = false;
+  m.mean = scratch.data();
+  m.variance = scratch.data() + uc;
+  m.mean64 = mean64.data();
+  m.m2_64 = m2.data();
+  Status s = cpu_moments(m);
+  if (!s.ok()) return s;
+  const double n = static_cast<double>(a.layout.A * a.layout.B);
+  const double bessel = std::max(n - 1, 1.0);
+  const double f = a.factor;
+  for (int64_t c = 0; c < C; ++c) {
+    const float mean = static_cast<float>(mean64[c]);
+    const float biased = static_cast<float>(m2[c] / n);
+    const float unbiased = static_cast<float>(m2[c] / bessel);
+    a.batch_mean[c] = mean;
+    a.saved_mean[c] = mean;
+    a.batch_var_biased[c] = biased;
+    a.batch_var[c] = unbiased;
+    a.saved_inv_std[c] = static_cast<float>(1.0 / std::sqrt(static_cast<double>(biased) + a.epsilon));
+    // Read before written: running_*_out may be the running_* inputs (in-place update).
+    const float rm = f == 1 ? mean : static_cast<float>((1 - f) * static_cast<double>(a.running_mean[c]) + f * static_cast<double>(mean));
+    const float rv = f == 1 ? unbiased : static_cast<float>((1 - f) * static_cast<double>(a.running_var[c]) + f * static_cast<double>(unbiased));
+    a.running_mean_out[c] = rm;
+    a.running_var_out[c] = rv;
+  }
+  return normalize(a, a.batch_mean, a.batch_var_biased);
+}
+
+Status cpu_batch_norm_grad(const GradArgs& a) {
+  const int64_t C = a.layout.C;
+  const size_t uc = static_cast<size_t>(C);
+  std::vector<double> mu, s1, s2, g, ca, cb;
+  try {
+    for (std::vector<double>* v : {&mu, &s1, &s2, &g, &ca, &cb}) v->assign(uc, 0.0);
+  } catch (const std::bad_alloc&) {
+    return Status::Error(Code::kOutOfMemory, "batchNormalizationGrad: out of host memory for the channel sums");
+  }
+  for (int64_t c = 0; c < C; ++c) mu[c] = static_cast<double>(a.saved_mean[c]);
+  ChannelGradArgs p;
+  p.dy = a.dy;
+  p.x = a.x;
+  p.A = a.layout.A;
+  p.C = C;
+  p.B = a.layout.B;
+  p.mean = mu.data();
+  Status s = cpu_channel_grad_sums(p, s1.data(), s2.data());
+  if (!s.ok()) return s;
+  // dx = g·(dy − a − (x − μ)·b): g = scale·invstd; training adds a = Σdy/N and
+  // b = invstd²·Σdy(x − μ)/N (the two reduction terms of the batch statistics' gradient).
+  const double N = static_cast<double>(a.layout.A * a.layout.B);
+  for (int64_t c = 0; c < C; ++c) {
+    const double inv = static_cast<double>(a.saved_inv_std[c]);
+    g[c] = (a.scale ? static_cast<double>(a.scale[c]) : 1.0) * inv;
+    if (a.training && N > 0) {
+      ca[c] = s1[c] / N;
+      cb[c] = (inv * inv * s2[c]) / N;
+    }
+  }
+  // The per-channel outputs are written after every input was read: they may not alias
+  // an input (the binding checks), but dscale/doffset are written last regardless.
+  s = cpu_channel_grad_apply(p, g.data(), ca.data(), cb.data(), a.dx);
+  if (!s.ok()) return s;
+  for (int64_t c = 0; c < C; ++c) {
+    a.dscale[c] = static_cast<float>(static_cast<double>(a.saved_inv_std[c]) * s2[c]);
+    a.doffset[c] = static_cast<float>(s1[c]);
   }
   return Status::Ok();
 }

@@ -1,8 +1,8 @@
 // Stands in for cuda/*.cu when the build found no nvcc: the CUDA backends then report
 // why they are unavailable through the same dispatch that carries them otherwise.
-#include "../cuda/cuda_backend.h"
-#include "../cuda/cudnn_backend.h"
-#include "../cuda/nccl_backend.h"
+#include "backend_api/cuda.h"
+#include "backend_api/cudnn.h"
+#include "backend_api/nccl.h"
 
 namespace bn {
 namespace cuda {
@@ -57,6 +57,10 @@ Status time_batch_norm_grad(const BatchNormGradArgs&, int, int, std::vector<doub
 }
 Status time_moments(const MomentsArgs&, int, int, std::vector<double>*) { return unavailable("deviceTimeOp"); }
 Status time_batch_norm(const BatchNormArgs&, int, int, std::vector<double>*) { return unavailable("deviceTimeOp"); }
+Status fused_batch_norm_op(const FusedArgs&) { return unavailable("fusedBatchNorm"); }
+Status batch_norm_grad_op(const GradArgs&) { return unavailable("batchNormalizationGrad"); }
+Status cudnn_fused_batch_norm_op(const FusedArgs&) { return unavailable("fusedBatchNorm"); }
+Status cudnn_batch_norm_grad_op(const GradArgs&) { return unavailable("batchNormalizationGrad"); }
 Status time_copy(size_t, int, int, std::vector<double>*) { return unavailable("deviceTimeOp"); }
 Status time_read(size_t, int, int, std::vector<double>*) { return unavailable("deviceTimeOp"); }
 

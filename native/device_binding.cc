@@ -13,8 +13,8 @@
 #include <unordered_set>
 #include <vector>
 
-#include "../cuda/cuda_backend.h"
-#include "ops.h"
+#include "backend_api/cuda.h"
+#include "backend_api/ops.h"
 
 namespace bn {
 namespace {

@@ -5,7 +5,7 @@
 
 #include <memory>
 
-#include "status.h"
+#include "backend_api/status.h"
 
 namespace bn {
 

@@ -9,7 +9,7 @@
 #include <memory>
 #include <string>
 
-#include "../cuda/nccl_backend.h"
+#include "backend_api/nccl.h"
 #include "async_work.h"
 #include "device_binding.h"
 

@@ -16,11 +16,85 @@ import { BackendError, withCallerStack } from '../errors';
 import { batchNormalizationAsync, planMoments, type Moments, type MomentsOptions } from '../ops';
 import { AsyncOutput, fixedInput, product, type Tensor } from '../tensor';
 import {
-  batchNormalizationGradAsync, finishFused, fusedBatchNormAsync, gradCoefficients, mergeMoments, paramTensor, planFused,
-  planGrad, statsFrom, type BatchNormGradOptions, type BatchNormGrads, type FusedBatchNormOptions,
-  type FusedBatchNormResult, type SufficientStatistics,
+  batchNormalizationGradAsync, fusedBatchNormAsync, mergeMoments, planFused, planGrad,
+  type BatchNormGradOptions, type BatchNormGrads, type FusedBatchNormOptions, type FusedBatchNormResult,
+  type FusedPlan, type GradPlan, type SufficientStatistics,
 } from '../training';
 import { abortGroup, checkCommunicator, collective, type Communicator } from './communicator';
+
+
+// ---- the bookkeeping of the whole batch's statistics ----------------------------------
+// The local ops do this in the backend's native code; here the statistics come from the
+// ranks' exchange, so the same float64 arithmetic and float32 roundings are applied to
+// the merged values (the results equal the local op's when there is one rank).
+
+interface Stats {
+  mean: Float32Array;
+  varBiased: Float32Array;
+  varUnbiased: Float32Array;
+}
+
+/** Plans of synchronized calls hold host data only (rejectDevice ran first). */
+function host(v: Float32Array | DeviceTensor | null): Float32Array | null {
+  return v as Float32Array | null;
+}
+
+function statsFrom(mean64: Float64Array, m2: Float64Array, n: number): Stats {
+  const bessel = Math.max(n - 1, 1);
+  return {
+    mean: Float32Array.from(mean64),
+    varBiased: Float32Array.from(m2, (v) => v / n),
+    varUnbiased: Float32Array.from(m2, (v) => v / bessel),
+  };
+}
+
+function finishFused(p: FusedPlan, y: Tensor, s: Stats): FusedBatchNormResult {
+  const C = p.view.C;
+  const vec = (data: Float32Array): Tensor => ({ data, shape: [C] });
+  const f = p.f;
+  const runMean = host(p.runMean);
+  const runVar = host(p.runVar);
+  const runningMean = Float32Array.from(s.mean, (m, c) => (f === 1 ? m : (1 - f) * runMean![c] + f * m));
+  const runningVariance = Float32Array.from(s.varUnbiased, (v, c) => (f === 1 ? v : (1 - f) * runVar![c] + f * v));
+  return {
+    y, batchMean: vec(s.mean), batchVariance: vec(s.varUnbiased), batchVarianceBiased: vec(s.varBiased),
+    runningMean: vec(runningMean), runningVariance: vec(runningVariance),
+    savedMean: vec(s.mean.slice()), savedInvStd: vec(Float32Array.from(s.varBiased, (v) => 1 / Math.sqrt(v + p.eps))),
+  };
+}
+
+function paramTensor(p: FusedPlan, data: Float32Array | DeviceTensor | null): Tensor | null {
+  return data ? { data: data as Float32Array, shape: p.view.paramShape } : null;
+}
+
+/** channelGradSums/Apply's leading arguments: dy, x as [A, C, B] and μ in float64. */
+function channelArgs(p: GradPlan): [Float32Array, Float32Array, number, number, number, Float64Array] {
+  return [fixedInput((p.dy as Tensor).data), fixedInput((p.x as Tensor).data), p.view.A, p.view.C, p.view.B,
+    Float64Array.from(p.mean as Float32Array)];
+}
+
+/** Per-channel coefficients of dx = g·(dy − a − (x − μ)·b), and dscale/doffset. */
+function gradCoefficients(p: GradPlan, s1: Float64Array, s2: Float64Array, N: number) {
+  const C = p.view.C;
+  const invStd = p.invStd as Float32Array;
+  const scale = host(p.scale);
+  const g = new Float64Array(C);
+  const a = new Float64Array(C);
+  const b = new Float64Array(C);
+  const dscale = new Float32Array(C);
+  const doffset = new Float32Array(C);
+  for (let c = 0; c < C; c++) {
+    const inv = invStd[c];
+    g[c] = (scale ? scale[c] : 1) * inv;
+    if (p.training && N > 0) {
+      a[c] = s1[c] / N;
+      b[c] = (inv * inv * s2[c]) / N;
+    }
+    dscale[c] = inv * s2[c]; // Σ dy·x̂
+    doffset[c] = s1[c];
+  }
+  return { g, a, b, dscale, doffset };
+}
 
 /** Whether a public op's options ask for synchronization. */
 export function wantsSync(options: unknown): boolean {
@@ -144,12 +218,13 @@ export async function syncFusedBatchNorm(
     const C = p.view.C;
     const mean = new Float64Array(C);
     const m2 = new Float64Array(C);
-    await native.momentsAsync(fixedInput(p.x.data), p.x.shape, p.view.reduceAxes, 0, new Float32Array(C), new Float32Array(C),
-      backendCode(fn, p.backend), mean, m2);
+    const xt = { data: (p.x as Tensor).data, shape: p.x.shape.slice() };
+    await native.momentsAsync(fixedInput(xt.data), xt.shape, p.view.reduceAxes, 0, new Float32Array(C), new Float32Array(C),
+      p.code, mean, m2);
     const g = await gatherStatistics(fn, comm, p.view.n, mean, m2);
-    const s = statsFrom(p, g.mean, g.m2, g.count);
+    const s = statsFrom(g.mean, g.m2, g.count);
     const ps = p.view.paramShape;
-    const y = await batchNormalizationAsync(p.x, { data: s.mean, shape: ps }, { data: s.varBiased, shape: ps },
+    const y = await batchNormalizationAsync(xt, { data: s.mean, shape: ps }, { data: s.varBiased, shape: ps },
       paramTensor(p, p.offset), paramTensor(p, p.scale), p.eps, { backend: p.backend, out: p.out });
     return { result: finishFused(p, y, s), count: g.count };
   });
@@ -177,18 +252,17 @@ export async function syncBatchNormGrad(
     const C = p.view.C;
     const s1 = new Float64Array(C);
     const s2 = new Float64Array(C);
-    p.args[0] = fixedInput(p.args[0]);
-    p.args[1] = fixedInput(p.args[1]);
-    await native.channelGradSumsAsync(...p.args, s1, s2, p.backend);
+    const args = channelArgs(p);
+    await native.channelGradSumsAsync(...args, s1, s2, p.code);
     const payload = new Float64Array(2 * C + 1);
     payload.set(s1, 0);
     payload.set(s2, C);
     payload[2 * C] = p.view.n;
     const sum = await collective(fn, comm, 'allReduce', payload);
     const global = gradCoefficients(p, sum.subarray(0, C), sum.subarray(C, 2 * C), sum[2 * C]);
-    const local = gradCoefficients(p, s1, s2);
+    const local = gradCoefficients(p, s1, s2, p.view.n);
     const dx = p.out ? AsyncOutput.into(fn, 'options.out', p.out) : AsyncOutput.fresh(fn, 'dx', p.view.A * C * p.view.B);
-    await native.channelGradApplyAsync(...p.args, global.g, global.a, global.b, dx.target, p.backend);
+    await native.channelGradApplyAsync(...args, global.g, global.a, global.b, dx.target, p.code);
     return { dx: { data: await dx.deliver(), shape: p.view.shape }, dscale: { data: local.dscale, shape: [C] }, doffset: { data: local.doffset, shape: [C] } };
   });
 }

@@ -30,7 +30,7 @@ struct MomentsArgs {
   float* mean = nullptr;    // prod(kept dims) elements, kept dims in order
   float* variance = nullptr;
   // Optional float64 sufficient statistics (mean and M2 = Σ(x − mean)²), for exact
-  // merging of shards (Chan); null when not wanted. CPU backend only (host memory).
+  // merging of shards (Chan); null when not wanted. Same memory kind as mean.
   double* mean64 = nullptr;
   double* m2_64 = nullptr;
   Memory mem = Memory::kHost;  // location of x, mean and variance (always the same)
@@ -61,6 +61,57 @@ struct ChannelGradArgs {
   const double* mean = nullptr;
 };
 
+// The per-channel training ops. x (and dy) are viewed as [A, C, B] around the channel
+// axis `axis` of `shape` (NHWC: [N·H·W, C, 1]; NCHW: [N, C, H·W]). Every pointer lives in
+// `mem`; optional pointers are null when absent (scale = ones, offset = zeros).
+struct ChannelLayout {
+  Shape shape;
+  int axis = 0;
+  int64_t A = 0, C = 0, B = 0;
+};
+
+// fusedBatchNorm, TF FusedBatchNormV3 semantics (see cuda/cuda_backend.h,
+// FusedBatchNormArgs, for the exact bookkeeping; every backend implements the same).
+// running_mean/running_var: read in inference and when factor != 1 (required then).
+struct FusedArgs {
+  ChannelLayout layout;
+  const float* x = nullptr;
+  const float* scale = nullptr;
+  const float* offset = nullptr;
+  const float* running_mean = nullptr;
+  const float* running_var = nullptr;
+  double epsilon = 1e-3;
+  double factor = 1;  // exponentialAvgFactor
+  bool training = true;
+  float* y = nullptr;  // may be x (in place)
+  float* batch_mean = nullptr;
+  float* batch_var = nullptr;         // Bessel-corrected
+  float* batch_var_biased = nullptr;  // what normalized y
+  float* running_mean_out = nullptr;
+  float* running_var_out = nullptr;
+  float* saved_mean = nullptr;
+  float* saved_inv_std = nullptr;
+  Memory mem = Memory::kHost;
+};
+
+// batchNormalizationGrad from the forward's saved statistics. training: μ and invstd come
+// from x's own batch (dx has the two reduction terms); false: frozen statistics,
+// dx = scale·invstd·dy. dscale = Σdy·x̂, doffset = Σdy. epsilon: the forward's (cuDNN asks).
+struct GradArgs {
+  ChannelLayout layout;
+  const float* dy = nullptr;
+  const float* x = nullptr;
+  const float* scale = nullptr;
+  const float* saved_mean = nullptr;
+  const float* saved_inv_std = nullptr;
+  double epsilon = 1e-3;
+  bool training = true;
+  float* dx = nullptr;
+  float* dscale = nullptr;
+  float* doffset = nullptr;
+  Memory mem = Memory::kHost;
+};
+
 // CPU kernels (native/cpu_*.cc). Multi-threaded, deterministic for any thread count.
 Status cpu_moments(const MomentsArgs& a);
 Status cpu_batch_norm(const BatchNormArgs& a);
@@ -69,5 +120,10 @@ Status cpu_channel_grad_sums(const ChannelGradArgs& p, double* sum_dy, double* s
 // dx = g·(dy − a − (x − μ)·b) with per-channel g, a, b (float64).
 Status cpu_channel_grad_apply(const ChannelGradArgs& p, const double* g, const double* a, const double* b,
                               float* dx);
+// The training ops on the CPU (native/cpu_training.cc): statistics from cpu_moments'
+// float64 sufficient statistics, normalization by cpu_batch_norm, backward by the two
+// kernels above; the bookkeeping between them in float64, rounded as stated there.
+Status cpu_fused_batch_norm(const FusedArgs& a);
+Status cpu_batch_norm_grad(const GradArgs& a);
 
 }  // namespace bn

@@ -4,7 +4,7 @@
 #include <cstddef>
 #include <string>
 
-#include "../native/status.h"
+#include "status.h"
 
 namespace bn {
 namespace nccl {

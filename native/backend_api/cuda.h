@@ -7,8 +7,8 @@
 #include <string>
 #include <vector>
 
-#include "../native/ops.h"
-#include "../native/status.h"
+#include "ops.h"
+#include "status.h"
 
 namespace bn {
 namespace cuda {
@@ -154,6 +154,14 @@ Status batch_norm_grad(const BatchNormGradArgs& a, Stream stream = nullptr);
 Status channel_grad_sums(const ChannelGradArgs& p, double* sum_dy, double* sum_dy_xmu, Stream stream = nullptr);
 Status channel_grad_apply(const ChannelGradArgs& p, const double* g, const double* a, const double* b, float* dx,
                           Stream stream = nullptr);
+
+// The training ops as the dispatcher calls them (cuda/training_ops.cu): device data only
+// enqueues; host data is staged in and out (the call returns when the results are there).
+// The cudnn_ variants run cuDNN's training forward / backward (batch statistics only).
+Status fused_batch_norm_op(const FusedArgs& a);
+Status batch_norm_grad_op(const GradArgs& a);
+Status cudnn_fused_batch_norm_op(const FusedArgs& a);
+Status cudnn_batch_norm_grad_op(const GradArgs& a);
 
 // ---- timing (cuda/timing.cu) ------------------------------------------------------
 // Runs the op `warmup` times, then `reps` times each between two CUDA events; *ms gets

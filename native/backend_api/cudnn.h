@@ -4,8 +4,8 @@
 #pragma once
 #include <string>
 
-#include "../native/ops.h"
-#include "../native/status.h"
+#include "ops.h"
+#include "status.h"
 
 namespace bn {
 namespace cudnn {

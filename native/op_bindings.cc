@@ -1,0 +1,504 @@
+// The op bindings: each JS call becomes one op struct (ops.h), one backend choice
+// (backend.cc) and one run, on the JS thread or a worker (AsyncCall). moments and
+// batchNormalization take positional arguments; the training ops take one named options
+// object, read by the helpers of args.h.
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <initializer_list>
+#include <iterator>
+#include <limits>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "args.h"
+#include "async_work.h"
+#include "hostmem.h"
+#include "op_bindings.h"
+
+namespace bn {
+namespace {
+
+struct MomentsCall : OpCall<MomentsCall> {
+  MomentsArgs args;
+
+  Status run() const { return run_moments(backend, args); }
+};
+
+struct BatchNormCall : OpCall<BatchNormCall> {
+  BatchNormArgs args;
+
+  Status run() const {
+    if (backend == Backend::kCpu && args.y != args.x.data)
+      advise_fresh_output(args.y, static_cast<size_t>(numel(args.out_shape)) * sizeof(float));
+    return run_batch_norm(backend, args);
+  }
+};
+
+// moments(x, shape, axes, correction, outMean, outVariance, backend)
+MomentsCall parse_moments(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const char* fn = "moments";
+  if (info.Length() < 7) type_error(env, "moments: expected 7 arguments");
+  MomentsCall c;
+  F32 x = get_f32(info, 0, fn, "x", false);
+  c.args.shape = get_shape(info, 1, fn, "shape");
+  check_length(env, x, c.args.shape, fn, "x");
+  const size_t rank = c.args.shape.size();
+  c.args.reduce.assign(rank, false);
+  if (!info[2].IsArray()) type_error(env, "moments: axes must be an array of integers");
+  Napi::Array axes = info[2].As<Napi::Array>();
+  for (uint32_t k = 0; k < axes.Length(); ++k) {
+    Napi::Value e = axes.Get(k);
+    const double d = e.IsNumber() ? e.As<Napi::Number>().DoubleValue() : -1.0;
+    if (!(d >= 0) || d != std::floor(d) || d >= static_cast<double>(rank) || c.args.reduce[static_cast<size_t>(d)])
+      range_error(env, "moments: axes[" + std::to_string(k) + "] must be a distinct axis in [0, " +
+                           std::to_string(rank) + ")");
+    c.args.reduce[static_cast<size_t>(d)] = true;
+  }
+  if (!info[3].IsNumber()) type_error(env, "moments: correction must be a number");
+  c.args.correction = info[3].As<Napi::Number>().DoubleValue();
+  F32 mean = get_f32(info, 4, fn, "out.mean", false);
+  F32 var = get_f32(info, 5, fn, "out.variance", false);
+  int64_t kept = 1;
+  for (size_t d = 0; d < rank; ++d)
+    if (!c.args.reduce[d]) kept *= c.args.shape[d];
+  if (static_cast<int64_t>(mean.length) != kept || static_cast<int64_t>(var.length) != kept)
+    range_error(env, "moments: out.mean and out.variance must have " + std::to_string(kept) + " elements");
+  c.args.x = x.data;
+  c.args.mean = mean.data;
+  c.args.variance = var.data;
+  check_disjoint(env, fn, "out.mean", mean.data, mean.bytes(), "x", x.data, x.bytes());
+  check_disjoint(env, fn, "out.variance", var.data, var.bytes(), "x", x.data, x.bytes());
+  check_disjoint(env, fn, "out.mean", mean.data, mean.bytes(), "out.variance", var.data, var.bytes());
+  // DeviceTensors: x and both outputs live in GPU memory, or none of them does.
+  if (x.device != mean.device || x.device != var.device)
+    type_error(env, "moments: x, out.mean and out.variance must all be DeviceTensors or all Float32Arrays");
+  c.args.mem = x.device ? Memory::kDevice : Memory::kHost;
+  c.device_only = x.device;
+  c.hold = {x.hold, mean.hold, var.hold};
+  c.keep = {x.value, mean.value, var.value};
+  // Optional float64 sufficient statistics: outMean64, outM2 (both or neither; host only).
+  if (info.Length() > 8 && !info[7].IsNull() && !info[7].IsUndefined()) {
+    c.args.mean64 = get_f64(info, 7, fn, "outMean64", kept, false, &c.keep);
+    c.args.m2_64 = get_f64(info, 8, fn, "outM2", kept, false, &c.keep);
+    const size_t b64 = static_cast<size_t>(kept) * sizeof(double);
+    const std::pair<const char*, const F32*> others[3] = {{"x", &x}, {"out.mean", &mean}, {"out.variance", &var}};
+    for (const auto& [name, o] : others) {
+      check_disjoint(env, fn, "outMean64", c.args.mean64, b64, name, o->data, o->bytes());
+      check_disjoint(env, fn, "outM2", c.args.m2_64, b64, name, o->data, o->bytes());
+    }
+    check_disjoint(env, fn, "outMean64", c.args.mean64, b64, "outM2", c.args.m2_64, b64);
+  }
+  std::string why;
+  Status s = select_backend(Op::kMoments, get_backend(info, 6), &c.backend, &why, c.args.mem);
+  if (!s.ok()) throw_status(env, s);
+  return c;
+}
+
+// batchNormalization(x, xShape, mean, meanShape, variance, varianceShape, offset,
+//                    offsetShape, scale, scaleShape, epsilon, out, outShape, backend)
+BatchNormCall parse_batch_norm(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const char* fn = "batchNormalization";
+  if (info.Length() < 14) type_error(env, "batchNormalization: expected 14 arguments");
+  BatchNormCall c;
+  static const char* names[5] = {"x", "mean", "variance", "offset", "scale"};
+  std::pair<const void*, size_t> ranges[5];
+  Operand* ops[5] = {&c.args.x, &c.args.mean, &c.args.variance, &c.args.offset, &c.args.scale};
+  c.args.out_shape = get_shape(info, 12, fn, "outShape");
+  const Shape& out = c.args.out_shape;
+  for (size_t k = 0; k < 5; ++k) {
+    F32 a = get_f32(info, 2 * k, fn, names[k], k >= 3);
+    Shape s = get_shape(info, 2 * k + 1, fn, (std::string(names[k]) + "Shape").c_str());
+    if (a.data == nullptr && !(a.value.IsNull() || a.value.IsUndefined()) && numel(s) != 0)
+      type_error(env, std::string(fn) + ": " + names[k] + " is empty");
+    if (!(a.value.IsNull() || a.value.IsUndefined())) check_length(env, a, s, fn, names[k]);
+    // Each operand must broadcast to the output shape (aligned right).
+    if (s.size() > out.size())
+      range_error(env, std::string(fn) + ": " + names[k] + " has a higher rank than the output");
+    for (size_t i = 0; i < s.size(); ++i) {
+      const int64_t e = s[s.size() - 1 - i], o = out[out.size() - 1 - i];
+      if (e != o && e != 1)
+        range_error(env, std::string(fn) + ": " + names[k] + " does not broadcast to the output shape");
+    }
+    if (numel(out) > 0 && numel(s) == 0 && a.data == nullptr && !(a.value.IsNull() || a.value.IsUndefined()))
+      range_error(env, std::string(fn) + ": " + names[k] + " is empty");
+    ops[k]->data = a.data;
+    ranges[k] = {a.data, a.bytes()};
+    ops[k]->shape = std::move(s);
+    ops[k]->mem = a.device ? Memory::kDevice : Memory::kHost;
+    if (a.device) c.hold.push_back(a.hold);
+    c.keep.push_back(a.value);
+  }
+  if (!c.args.mean.data && numel(out) > 0) type_error(env, "batchNormalization: mean must be a Float32Array");
+  if (!c.args.variance.data && numel(out) > 0) type_error(env, "batchNormalization: variance must be a Float32Array");
+  if (!c.args.x.data && numel(out) > 0) type_error(env, "batchNormalization: x must be a Float32Array");
+  if (!info[10].IsNumber()) type_error(env, "batchNormalization: varianceEpsilon must be a number");
+  c.args.epsilon = info[10].As<Napi::Number>().DoubleValue();
+  if (!(c.args.epsilon >= 0)) range_error(env, "batchNormalization: varianceEpsilon must be >= 0");
+  F32 y = get_f32(info, 11, fn, "out", false);
+  if (static_cast<int64_t>(y.length) != numel(out))
+    range_error(env, "batchNormalization: out must have " + std::to_string(numel(out)) + " elements");
+  // In place (out is exactly x's memory) is fine elementwise only when x is not broadcast;
+  // any other shared byte between out and an operand is refused.
+  const Rel rx = relation(y.data, y.bytes(), ranges[0].first, ranges[0].second);
+  if (rx == Rel::kOverlap || (rx == Rel::kSame && numel(c.args.x.shape) != numel(out)))
+    range_error(env, "batchNormalization: out overlaps x in memory; only exact in-place use (out is x, x of the output's shape) is supported");
+  for (size_t k = 1; k < 5; ++k)
+    check_disjoint(env, fn, "out", y.data, y.bytes(), names[k], ranges[k].first, ranges[k].second);
+  c.args.y = y.data;
+  c.keep.push_back(y.value);
+  // DeviceTensors: y lives where x does; parameters may be on either side.
+  if (y.device != (c.args.x.mem == Memory::kDevice))
+    type_error(env, "batchNormalization: out must be a DeviceTensor exactly when x is one");
+  c.args.mem = y.device ? Memory::kDevice : Memory::kHost;
+  c.device_only = y.device;  // host parameters are staged before run() returns
+  if (y.device) c.hold.push_back(y.hold);
+  bool any_device = false;
+  for (size_t k = 0; k < 5; ++k) any_device = any_device || ops[k]->mem == Memory::kDevice;
+  std::string why;
+  const CallInfo call = batch_norm_call_info(c.args);  // what the cuDNN path needs to judge
+  Status s = select_backend(Op::kBatchNorm, get_backend(info, 13), &c.backend, &why,
+                            any_device ? Memory::kDevice : Memory::kHost, &call);
+  if (!s.ok()) throw_status(env, s);
+  return c;
+}
+
+// Backward pass of per-channel batch normalization (two kernels; see cpu_training.cc).
+struct GradSumsCall : OpCall<GradSumsCall> {
+  ChannelGradArgs args;
+  double* sum_dy = nullptr;
+  double* sum_dy_xmu = nullptr;
+  Status run() const { return run_channel_grad_sums(backend, args, sum_dy, sum_dy_xmu); }
+};
+
+struct GradApplyCall : OpCall<GradApplyCall> {
+  ChannelGradArgs args;
+  const double *g = nullptr, *a = nullptr, *b = nullptr;
+  float* dx = nullptr;
+  Status run() const {
+    if (backend == Backend::kCpu && dx != args.dy && dx != args.x)
+      advise_fresh_output(dx, static_cast<size_t>(args.A * args.C * args.B) * sizeof(float));
+    return run_channel_grad_apply(backend, args, g, a, b, dx);
+  }
+};
+
+// Common part: (dy, x, A, C, B, mean64) at argument positions 0..5.
+template <typename Call>
+void parse_channel_grad(const Napi::CallbackInfo& info, const char* fn, Call* c) {
+  Napi::Env env = info.Env();
+  F32 dy = get_f32(info, 0, fn, "dy", false);
+  F32 x = get_f32(info, 1, fn, "x", false);
+  c->args.A = get_count(info, 2, fn, "A");
+  c->args.C = get_count(info, 3, fn, "C");
+  c->args.B = get_count(info, 4, fn, "B");
+  const int64_t A = c->args.A, C = c->args.C, B = c->args.B;
+  if ((C != 0 && A > std::numeric_limits<int64_t>::max() / C) || (C * A != 0 && B > std::numeric_limits<int64_t>::max() / (A * C)))
+    range_error(env, std::string(fn) + ": A·C·B overflows");
+  if (static_cast<int64_t>(dy.length) != A * C * B || static_cast<int64_t>(x.length) != A * C * B)
+    range_error(env, std::string(fn) + ": dy and x must have A·C·B = " + std::to_string(A * C * B) + " elements");
+  if (dy.device || x.device)
+    type_error(env, std::string(fn) + ": channelGradSums/Apply take Float32Arrays (batchNormalizationGrad takes DeviceTensors)");
+  c->args.dy = dy.data;
+  c->args.x = x.data;
+  c->keep = {dy.value, x.value};
+  c->args.mean = get_f64(info, 5, fn, "mean", C, false, &c->keep);
+}
+
+// Every output of a gradient kernel against dy, x, mean, the extra inputs and each other.
+struct NamedRange {
+  const char* name;
+  const void* data;
+  size_t bytes;
+};
+void check_grad_outputs(Napi::Env env, const char* fn, const ChannelGradArgs& a,
+                        std::initializer_list<std::pair<const char*, const void*>> outs, size_t out_bytes,
+                        std::initializer_list<NamedRange> extra) {
+  const size_t n = static_cast<size_t>(a.A * a.C * a.B) * sizeof(float);
+  std::vector<NamedRange> ins = {{"dy", a.dy, n}, {"x", a.x, n}, {"mean", a.mean, static_cast<size_t>(a.C) * sizeof(double)}};
+  ins.insert(ins.end(), extra.begin(), extra.end());
+  for (auto o = outs.begin(); o != outs.end(); ++o) {
+    for (const NamedRange& in : ins) check_disjoint(env, fn, o->first, o->second, out_bytes, in.name, in.data, in.bytes);
+    for (auto p = std::next(o); p != outs.end(); ++p)
+      check_disjoint(env, fn, o->first, o->second, out_bytes, p->first, p->second, out_bytes);
+  }
+}
+
+// channelGradSums(dy, x, A, C, B, mean64, outSumDy, outSumDyXmu, backend)
+GradSumsCall parse_grad_sums(const Napi::CallbackInfo& info) {
+  const char* fn = "batchNormalizationGrad";
+  if (info.Length() < 9) type_error(info.Env(), "channelGradSums: expected 9 arguments");
+  GradSumsCall c;
+  parse_channel_grad(info, fn, &c);
+  c.sum_dy = get_f64(info, 6, fn, "outSumDy", c.args.C, false, &c.keep);
+  c.sum_dy_xmu = get_f64(info, 7, fn, "outSumDyXmu", c.args.C, false, &c.keep);
+  check_grad_outputs(info.Env(), fn, c.args, {{"outSumDy", c.sum_dy}, {"outSumDyXmu", c.sum_dy_xmu}},
+                     static_cast<size_t>(c.args.C) * sizeof(double), {});
+  std::string why;
+  Status s = select_backend(Op::kTraining, get_backend(info, 8), &c.backend, &why);
+  if (!s.ok()) throw_status(info.Env(), s);
+  return c;
+}
+
+// channelGradApply(dy, x, A, C, B, mean64, g, a, b, dx, backend)
+GradApplyCall parse_grad_apply(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const char* fn = "batchNormalizationGrad";
+  if (info.Length() < 11) type_error(env, "channelGradApply: expected 11 arguments");
+  GradApplyCall c;
+  parse_channel_grad(info, fn, &c);
+  c.g = get_f64(info, 6, fn, "g", c.args.C, false, &c.keep);
+  c.a = get_f64(info, 7, fn, "a", c.args.C, false, &c.keep);
+  c.b = get_f64(info, 8, fn, "b", c.args.C, false, &c.keep);
+  F32 dx = get_f32(info, 9, fn, "dx", false);
+  if (dx.device) type_error(env, std::string(fn) + ": dx must be a Float32Array");
+  if (static_cast<int64_t>(dx.length) != c.args.A * c.args.C * c.args.B)
+    range_error(env, "batchNormalizationGrad: dx must have A·C·B elements");
+  c.dx = dx.data;
+  c.keep.push_back(dx.value);
+  const size_t cb = static_cast<size_t>(c.args.C) * sizeof(double);
+  check_grad_outputs(env, fn, c.args, {{"dx", dx.data}}, dx.bytes(), {{"g", c.g, cb}, {"a", c.a, cb}, {"b", c.b, cb}});
+  std::string why;
+  Status s = select_backend(Op::kTraining, get_backend(info, 10), &c.backend, &why);
+  if (!s.ok()) throw_status(env, s);
+  return c;
+}
+
+// ---- fusedBatchNorm and batchNormalizationGrad: one options object per call ----------
+
+// A per-channel layout from options.shape and options.axis: x viewed as [A, C, B].
+ChannelLayout attr_layout(Napi::Object o, const char* fn) {
+  Napi::Env env = o.Env();
+  ChannelLayout l;
+  l.shape = attr_shape(o, fn, "shape");
+  const double ax = attr_number(o, fn, "axis");
+  const size_t rank = l.shape.size();
+  if (rank < 2) range_error(env, std::string(fn) + ": options.shape must have rank >= 2");
+  if (!(ax >= 0 && ax < static_cast<double>(rank)) || ax != std::floor(ax))
+    range_error(env, std::string(fn) + ": options.axis must be an integer in [0, " + std::to_string(rank) + ")");
+  l.axis = static_cast<int>(ax);
+  l.A = 1;
+  l.B = 1;
+  for (size_t d = 0; d < rank; ++d) {
+    if (static_cast<int>(d) < l.axis) l.A *= l.shape[d];
+    if (static_cast<int>(d) > l.axis) l.B *= l.shape[d];
+  }
+  l.C = l.shape[static_cast<size_t>(l.axis)];
+  return l;
+}
+
+// The operands of one training call: each named, each of a given length, all in the
+// memory x lives in; outputs disjoint (by address) from every input and each other.
+class Operands {
+ public:
+  Operands(Napi::Object o, const char* fn) : o_(o), fn_(fn) {}
+
+  template <typename Call>
+  const float* input(const char* key, int64_t n, bool nullable, Call* c) {
+    F32 a = take(key, n, nullable, c);
+    if (!a.absent()) ins_.push_back({key, a.data, a.bytes(), nullptr});
+    return a.data;
+  }
+  template <typename Call>
+  float* output(const char* key, int64_t n, Call* c, const float* in_place_of = nullptr) {
+    F32 a = take(key, n, false, c);
+    outs_.push_back({key, a.data, a.bytes(), in_place_of});
+    return a.data;
+  }
+  // Every output against every input (an output may be exactly the input it names as
+  // in_place_of) and against the other outputs.
+  void check_disjoint_outputs() {
+    Napi::Env env = o_.Env();
+    for (size_t i = 0; i < outs_.size(); ++i) {
+      const Range& out = outs_[i];
+      for (const Range& in : ins_) {
+        const Rel r = relation(out.data, out.bytes, in.data, in.bytes);
+        if (r == Rel::kSame && out.in_place_of == in.data) continue;
+        if (r != Rel::kDisjoint)
+          range_error(env, std::string(fn_) + ": options." + out.name + " overlaps options." + in.name + " in memory" +
+                               (out.in_place_of ? "; only exact in-place use is supported" : ""));
+      }
+      for (size_t j = i + 1; j < outs_.size(); ++j)
+        check_disjoint(env, fn_, ("options." + std::string(out.name)).c_str(), out.data, out.bytes,
+                       ("options." + std::string(outs_[j].name)).c_str(), outs_[j].data, outs_[j].bytes);
+    }
+  }
+  bool device() const { return device_; }
+
+ private:
+  struct Range {
+    const char* name;
+    const void* data;
+    size_t bytes;
+    const float* in_place_of;
+  };
+  template <typename Call>
+  F32 take(const char* key, int64_t n, bool nullable, Call* c) {
+    Napi::Env env = o_.Env();
+    F32 a = attr_f32(o_, fn_, key, nullable);
+    if (nullable && a.absent()) return a;
+    if (static_cast<int64_t>(a.length) != n)
+      range_error(env, std::string(fn_) + ": options." + key + " has " + std::to_string(a.length) +
+                           " elements but needs " + std::to_string(n));
+    if (n > 0 && a.data == nullptr) type_error(env, std::string(fn_) + ": options." + key + " is empty");
+    if (first_) {
+      device_ = a.device;
+      first_ = false;
+    } else if (a.device != device_) {
+      type_error(env, std::string(fn_) + ": options." + key + " must be a " +
+                          (device_ ? "DeviceTensor handle, as x is" : "Float32Array, as x is"));
+    }
+    c->keep.push_back(a.value);
+    if (a.device) c->hold.push_back(a.hold);
+    return a;
+  }
+  Napi::Object o_;
+  const char* fn_;
+  bool first_ = true;
+  bool device_ = false;
+  std::vector<Range> ins_;
+  std::vector<Range> outs_;
+};
+
+struct FusedCall : OpCall<FusedCall> {
+  FusedArgs args;
+  Status run() const {
+    if (backend == Backend::kCpu && args.y != args.x)
+      advise_fresh_output(args.y, static_cast<size_t>(numel(args.layout.shape)) * sizeof(float));
+    return run_fused_batch_norm(backend, args);
+  }
+};
+
+struct GradCall : OpCall<GradCall> {
+  GradArgs args;
+  Status run() const {
+    if (backend == Backend::kCpu)
+      advise_fresh_output(args.dx, static_cast<size_t>(numel(args.layout.shape)) * sizeof(float));
+    return run_batch_norm_grad(backend, args);
+  }
+};
+
+CallInfo training_call(const ChannelLayout& l, double eps, bool training) {
+  CallInfo call;
+  call.shape = l.shape;
+  call.channel_axis = l.axis;
+  call.epsilon = eps;
+  call.training = training;
+  return call;
+}
+
+// fusedBatchNorm({x, shape, axis, scale, offset, mean, variance, epsilon,
+//   exponentialAvgFactor, isTraining, backend, y, batchMean, batchVariance,
+//   batchVarianceBiased, runningMean, runningVariance, savedMean, savedInvStd})
+FusedCall parse_fused(const Napi::CallbackInfo& info) {
+  const char* fn = "fusedBatchNorm";
+  Napi::Env env = info.Env();
+  Napi::Object o = get_options(info, fn);
+  FusedCall c;
+  FusedArgs& a = c.args;
+  a.layout = attr_layout(o, fn);
+  const int64_t n = numel(a.layout.shape), C = a.layout.C;
+  a.epsilon = attr_number(o, fn, "epsilon");
+  a.factor = attr_number(o, fn, "exponentialAvgFactor");
+  a.training = attr_bool(o, fn, "isTraining");
+  if (!(a.epsilon >= 0)) range_error(env, "fusedBatchNorm: options.epsilon must be >= 0");
+  if (!(a.factor >= 0 && a.factor <= 1)) range_error(env, "fusedBatchNorm: options.exponentialAvgFactor must be in [0, 1]");
+  Operands p(o, fn);
+  a.x = p.input("x", n, false, &c);
+  a.scale = p.input("scale", C, true, &c);
+  a.offset = p.input("offset", C, true, &c);
+  const bool need_running = !a.training || a.factor != 1;
+  a.running_mean = p.input("mean", C, !need_running, &c);
+  a.running_var = p.input("variance", C, !need_running, &c);
+  a.y = p.output("y", n, &c, a.x);
+  a.batch_mean = p.output("batchMean", C, &c);
+  a.batch_var = p.output("batchVariance", C, &c);
+  a.batch_var_biased = p.output("batchVarianceBiased", C, &c);
+  a.running_mean_out = p.output("runningMean", C, &c);
+  a.running_var_out = p.output("runningVariance", C, &c);
+  a.saved_mean = p.output("savedMean", C, &c);
+  a.saved_inv_std = p.output("savedInvStd", C, &c);
+  p.check_disjoint_outputs();
+  a.mem = p.device() ? Memory::kDevice : Memory::kHost;
+  c.device_only = p.device();
+  const CallInfo call = training_call(a.layout, a.epsilon, a.training);
+  std::string why;
+  Status s = select_backend(Op::kFusedForward, attr_backend(o, fn), &c.backend, &why, a.mem, &call);
+  if (!s.ok()) throw_status(env, s);
+  return c;
+}
+
+// batchNormalizationGrad({dy, x, shape, axis, scale, savedMean, savedInvStd, epsilon,
+//   isTraining, backend, dx, dscale, doffset})
+GradCall parse_grad(const Napi::CallbackInfo& info) {
+  const char* fn = "batchNormalizationGrad";
+  Napi::Env env = info.Env();
+  Napi::Object o = get_options(info, fn);
+  GradCall c;
+  GradArgs& a = c.args;
+  a.layout = attr_layout(o, fn);
+  const int64_t n = numel(a.layout.shape), C = a.layout.C;
+  a.epsilon = attr_number(o, fn, "epsilon");
+  a.training = attr_bool(o, fn, "isTraining");
+  if (!(a.epsilon >= 0)) range_error(env, "batchNormalizationGrad: options.epsilon must be >= 0");
+  Operands p(o, fn);
+  a.dy = p.input("dy", n, false, &c);
+  a.x = p.input("x", n, false, &c);
+  a.scale = p.input("scale", C, true, &c);
+  a.saved_mean = p.input("savedMean", C, false, &c);
+  a.saved_inv_std = p.input("savedInvStd", C, false, &c);
+  a.dx = p.output("dx", n, &c);
+  a.dscale = p.output("dscale", C, &c);
+  a.doffset = p.output("doffset", C, &c);
+  p.check_disjoint_outputs();
+  a.mem = p.device() ? Memory::kDevice : Memory::kHost;
+  c.device_only = p.device();
+  const CallInfo call = training_call(a.layout, a.epsilon, a.training);
+  std::string why;
+  Status s = select_backend(Op::kFusedBackward, attr_backend(o, fn), &c.backend, &why, a.mem, &call);
+  if (!s.ok()) throw_status(env, s);
+  return c;
+}
+
+// Counts the calls into the op bindings (every sync or async op call): tests assert
+// that one public call crosses the JS/native boundary once.
+std::atomic<uint64_t> g_op_calls{0};
+
+template <typename Call, Call (*Parse)(const Napi::CallbackInfo&)>
+Napi::Value Sync(const Napi::CallbackInfo& info) {
+  g_op_calls.fetch_add(1);
+  return run_sync(info, Parse(info));
+}
+
+template <typename Call, Call (*Parse)(const Napi::CallbackInfo&)>
+Napi::Value Async(const Napi::CallbackInfo& info) {
+  g_op_calls.fetch_add(1);
+  return AsyncCall<Call>::Start(info.Env(), Parse(info));
+}
+
+Napi::Value OpCalls(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), static_cast<double>(g_op_calls.load())); }
+
+}  // namespace
+
+void register_op_functions(Napi::Env env, Napi::Object exports) {
+  auto add = [&](const char* name, Napi::Value (*f)(const Napi::CallbackInfo&)) {
+    exports.Set(name, Napi::Function::New(env, f, name));
+  };
+  add("moments", Sync<MomentsCall, parse_moments>);
+  add("momentsAsync", Async<MomentsCall, parse_moments>);
+  add("batchNormalization", Sync<BatchNormCall, parse_batch_norm>);
+  add("batchNormalizationAsync", Async<BatchNormCall, parse_batch_norm>);
+  add("fusedBatchNorm", Sync<FusedCall, parse_fused>);
+  add("fusedBatchNormAsync", Async<FusedCall, parse_fused>);
+  add("batchNormalizationGrad", Sync<GradCall, parse_grad>);
+  add("batchNormalizationGradAsync", Async<GradCall, parse_grad>);
+  add("channelGradSums", Sync<GradSumsCall, parse_grad_sums>);
+  add("channelGradSumsAsync", Async<GradSumsCall, parse_grad_sums>);
+  add("channelGradApply", Sync<GradApplyCall, parse_grad_apply>);
+  add("channelGradApplyAsync", Async<GradApplyCall, parse_grad_apply>);
+  add("opCalls", OpCalls);
+}
+
+}  // namespace bn
