@@ -51,7 +51,11 @@ export function getBackend(): BackendChoice {
  */
 export function explain(
   op: ExplainOp,
-  options?: { backend?: BackendChoice; onDevice?: boolean; shape?: number[]; axis?: number; dataFormat?: 'NHWC' | 'NCHW'; epsilon?: number },
+  options?: {
+    backend?: BackendChoice; onDevice?: boolean; shape?: number[]; axis?: number; dataFormat?: 'NHWC' | 'NCHW'; epsilon?: number;
+    /** fusedBatchNorm / batchNormalizationGrad: batch statistics (default) or frozen ones. */
+    isTraining?: boolean;
+  },
 ): { backend: BackendName; reason: string } {
   const fn = 'explain';
   checkOneOf(fn, 'op', op, EXPLAIN_OPS);
@@ -59,7 +63,7 @@ export function explain(
   // onDevice: the inputs would be DeviceTensors ('auto' runs where the data lives).
   const onDevice = checkBoolean(fn, 'options.onDevice', o.onDevice, false);
   // shape (+ axis or dataFormat, epsilon): a per-channel call, so the cuDNN path is considered.
-  let call: { shape: number[]; axis: number; epsilon: number } | undefined;
+  let call: { shape: number[]; axis: number; epsilon: number; isTraining: boolean } | undefined;
   if (o.shape !== undefined) {
     const shape = checkShape(fn, 'options.shape', o.shape);
     const rank = shape.length;
@@ -71,9 +75,10 @@ export function explain(
       axis = checkOneOf(fn, 'options.dataFormat', o.dataFormat, ['NHWC', 'NCHW'] as const, 'NHWC') === 'NHWC' ? rank - 1 : 1;
     }
     const epsilon = checkEpsilon(fn, 'options.epsilon', o.epsilon ?? 1e-3);
-    call = { shape, axis: axis < 0 ? axis + rank : axis, epsilon };
+    const isTraining = checkBoolean(fn, 'options.isTraining', o.isTraining, true);
+    call = { shape, axis: axis < 0 ? axis + rank : axis, epsilon, isTraining };
   } else {
-    for (const k of ['axis', 'dataFormat', 'epsilon'] as const) {
+    for (const k of ['axis', 'dataFormat', 'epsilon', 'isTraining'] as const) {
       if (o[k] !== undefined) throw new TypeError(`${fn}: options.${k} describes a call shape; give options.shape with it`);
     }
   }

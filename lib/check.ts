@@ -168,7 +168,7 @@ export const OPTION_KEYS = {
   finalizeMoments: ['correction'],
   fusedBatchNorm: ['mean', 'variance', 'epsilon', 'exponentialAvgFactor', 'dataFormat', 'axis', 'isTraining', 'backend', 'out', 'sync'],
   batchNormalizationGrad: ['isTraining', 'dataFormat', 'axis', 'backend', 'out', 'epsilon', 'sync'],
-  explain: ['backend', 'onDevice', 'shape', 'axis', 'dataFormat', 'epsilon'],
+  explain: ['backend', 'onDevice', 'shape', 'axis', 'dataFormat', 'epsilon', 'isTraining'],
   layer: [
     'convention', 'axis', 'momentum', 'momentumKind', 'runningVariance', 'epsilon', 'zeroDebias',
     'initialMean', 'initialVariance', 'center', 'scale', 'channels', 'sync',

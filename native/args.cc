@@ -135,7 +135,7 @@ Shape get_shape(const Napi::CallbackInfo& info, size_t i, const char* fn, const 
 }
 
 Napi::Object get_options(const Napi::CallbackInfo& info, const char* fn) {
-  if (info.Length() < 1 || !info[0].IsObject() || info[0].IsArray())
+  if (info.Length() != 1 || !info[0].IsObject() || info[0].IsArray() || info[0].IsTypedArray())
     type_error(info.Env(), std::string(fn) + ": expected one options object");
   return info[0].As<Napi::Object>();
 }
