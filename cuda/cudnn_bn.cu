@@ -8,7 +8,7 @@
 // symbol resolved up front, cudnnGetVersion() checked; any failure becomes a reason
 // string that backends() reports — never a crash, never a link-time dependency.
 //
-// Conventions at the boundary (DESIGN.md "Training conventions"): cuDNN's running
+// Conventions at the boundary (docs/training.md, the conventions table): cuDNN's running
 // variance is Bessel-corrected (n/(n−1)) and its update is
 // running = (1 − f)·running + f·batch, as TF's FusedBatchNormV3; its saved "inverse
 // variance" is 1/sqrt(biased variance + ε), our savedInvStd. The training forward asks

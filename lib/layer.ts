@@ -413,11 +413,8 @@ export class BatchNormalization {
     const saved = { mean: c.mean, invStd: c.invStd };
     if (c.x instanceof DeviceTensor) {
       if (!(dy instanceof DeviceTensor)) throw new TypeError(`${fn}: the forward ran on the device; dy must be a DeviceTensor`);
-      if (!c.training) {
-        throw new BackendError(`${fn}: the gradient of an inference-mode forward is not available on the device in this version; use a host layer`, 'ERR_UNSUPPORTED');
-      }
       const g = batchNormalizationGrad(dy, c.x, this.gamma, saved as { mean: DeviceTensor; invStd: DeviceTensor },
-        { axis: this.axis, isTraining: true, epsilon: this.spec.epsilon });
+        { axis: this.axis, isTraining: c.training, epsilon: this.spec.epsilon });
       this.accumulate(g.dscale.download(), g.doffset.download());
       g.dscale.dispose();
       g.doffset.dispose();

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU check (DESIGN.md "GPU checks"): on a machine with an NVIDIA GPU and the built addon,
+# GPU check: on a machine with an NVIDIA GPU and the built addon,
 #   1. prints the device (nvidia-smi when present, and `batchnorm info`),
 #   2. runs the full mocha suite with BATCHNORM_REQUIRE_GPU=1 (unavailable GPU backends fail),
 #   3. runs `batchnorm bench --backend all` (with --compare torch where `import torch` works
@@ -25,7 +25,7 @@ else
 fi
 "$NODE" dist/lib/cli.js info | tee "$OUT/info.txt" || status=1
 
-# cuDNN (issue 5): use BATCHNORM_CUDNN_PATH when set; else, when libcudnn.so.9 is not on
+# cuDNN: use BATCHNORM_CUDNN_PATH when set; else, when libcudnn.so.9 is not on
 # the default search path, look where pip installs it (PyTorch's nvidia-cudnn-cu* wheel),
 # then anywhere on the disk. Without it, the cudnn tests skip (BATCHNORM_REQUIRE_CUDNN=0)
 # and the report says so.

@@ -142,7 +142,7 @@ export function assertClose(
   if (count) assert.fail(`${what}: ${count} of ${ref.length} elements differ; first: ${bad.join('; ')}`);
 }
 
-/** Moments tolerance: relative 1e-6 of the value's natural scale (DESIGN.md). */
+/** Moments tolerance: relative 1e-6 of the value's natural scale (docs/numerics.md). */
 export function momentsTol(refMean: Float64Array, refVar: Float64Array) {
   return {
     mean: (i: number, r: number) => 1e-6 * (Math.abs(r) + (Number.isFinite(refVar[i]) ? Math.sqrt(Math.max(refVar[i], 0)) : 0)) + 1e-30,
@@ -162,7 +162,7 @@ export function sameBits(a: Float32Array, b: Float32Array, what: string): void {
   }
 }
 
-/** A backend this version does not ship (cuDNN for now): skipped even under BATCHNORM_REQUIRE_GPU. */
+/** A backend the build does not ship (its reason says "not part of" the package): skipped even under BATCHNORM_REQUIRE_GPU. */
 export function notInThisVersion(reason: string | null): boolean {
   return /not part of this version/.test(reason ?? '');
 }

@@ -30,8 +30,7 @@ function refForward(x: ArrayLike<number>, shape: number[], ax: number, scale: Ar
 const dot = (a: ArrayLike<number>, b: ArrayLike<number>) => { let s = 0; for (let i = 0; i < a.length; i++) s += a[i] * b[i]; return s; };
 const maxAbs = (a: ArrayLike<number>) => { let m = 0; for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i])); return m; };
 
-// The backward kernels exist for the CPU backend only in this version (the GPU backends
-// report ERR_UNSUPPORTED for them), so this suite runs on 'cpu'.
+// This suite runs on 'cpu'; test/training-gpu.test.ts compares the GPU backends with it.
 for (const backend of ['cpu'] as const) describe(`training ops [${backend}]`, () => {
   describe('batchNormalizationGrad against central finite differences of a float64 reference', () => {
     const cases: [number[], number, boolean][] = [

@@ -1,5 +1,5 @@
 // Status values returned by every kernel and backend entry point.
-// Kernels never throw and never touch JS values (DESIGN.md, "Data flows one way");
+// Kernels never throw and never touch JS values (docs/ARCHITECTURE.md);
 // only the binding (addon.cc) turns a Status into a JS error.
 #pragma once
 #include <string>
