@@ -61,6 +61,12 @@ echo "== benchmark (batchnorm bench --backend all $compare)"
 PYTHON="$PY" timeout 1200 "$NODE" dist/lib/cli.js bench --backend all $compare \
   --json "$OUT/bench.json" --svg "$OUT/bench.svg" 2>&1 | tee "$OUT/bench.txt"
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+# 'auto' on device data picks between our kernels and cuDNN per shape from this run's
+# timings: the table is rewritten in the source tree, to be committed with the report
+# (it takes effect with the next build).
+echo "== dispatch table (native/backend_api/dispatch_table.h)"
+"$NODE" scripts/dispatch-table.js "$OUT/bench.json" native/backend_api/dispatch_table.h 2>&1 | tee "$OUT/dispatch-table.txt"
+[ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 echo "== sweep (batchnorm bench --sweep --backend cuda)"
 timeout 900 "$NODE" dist/lib/cli.js bench --sweep --backend cuda --ops moments,batchNormalization \
   --json "$OUT/sweep.json" --svg "$OUT/sweep.svg" 2>&1 | tee "$OUT/sweep.txt"
