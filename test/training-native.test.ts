@@ -275,3 +275,38 @@ describe('training ops as native ops', () => {
     });
   });
 });
+
+describe('the measured dispatch table', () => {
+  it('scripts/dispatch-table.js writes one entry per shape timed on both backends, naming the faster', () => {
+    const fs = require('node:fs') as typeof import('node:fs');
+    const os = require('node:os') as typeof import('node:os');
+    const path = require('node:path') as typeof import('node:path');
+    const { execFileSync } = require('node:child_process') as typeof import('node:child_process');
+    const root = path.join(__dirname, '..', '..');
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'bn-table-'));
+    const header = path.join(dir, 'dispatch_table.h');
+    const committed = fs.readFileSync(path.join(root, 'native', 'backend_api', 'dispatch_table.h'), 'utf8');
+    // No measurements committed yet: 'auto' has nothing to follow and runs our kernels.
+    assert.match(committed, /BEGIN MEASURED ENTRIES\n {4}\/\/ END MEASURED ENTRIES/);
+    fs.writeFileSync(header, committed);
+    const bench = {
+      machine: { gpu: 'Test GPU' },
+      results: [
+        { op: 'fusedBatchNorm', shape: [128, 32, 32, 64], axes: [0, 1, 2], backend: 'cuda', ms: 0.3 },
+        { op: 'fusedBatchNorm', shape: [128, 32, 32, 64], axes: [0, 1, 2], backend: 'cudnn', ms: 0.2 },
+        { op: 'fusedBatchNormGrad', shape: [8192, 4096], axes: [0], backend: 'cuda', ms: 0.2 },
+        { op: 'fusedBatchNormGrad', shape: [8192, 4096], axes: [0], backend: 'cudnn', ms: 0.5 },
+        { op: 'fusedBatchNorm', shape: [64, 1024], axes: [0], backend: 'cuda', ms: 0.01 },
+        { op: 'moments', shape: [8192, 4096], axes: [0], backend: 'cuda', ms: 0.5 },
+      ],
+    };
+    fs.writeFileSync(path.join(dir, 'bench.json'), JSON.stringify(bench));
+    execFileSync(process.execPath, [path.join(root, 'scripts', 'dispatch-table.js'), path.join(dir, 'bench.json'), header]);
+    const entries = fs.readFileSync(header, 'utf8').split('\n').filter((l) => l.startsWith('    {"'));
+    assert.deepEqual(entries, [
+      '    {"fusedBatchNorm", 4, {128, 32, 32, 64}, 3, "cudnn", 0.3, 0.2, "Test GPU"},',
+      '    {"batchNormalizationGrad", 2, {8192, 4096}, 1, "cuda", 0.2, 0.5, "Test GPU"},',
+    ]);
+    fs.rmSync(dir, { recursive: true });
+  });
+});
