@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
 # GPU check: on a machine with an NVIDIA GPU and the built addon (build/Release/batchnorm.node,
 # dist/, node_modules/; no npm and no network needed), runs the stages named in
-# GPU_CHECK_STAGES (comma-separated; default: all but sweep), each under its own timeout so the
-# default run fits in about 8 minutes on an H100:
+# GPU_CHECK_STAGES (comma-separated; default: all but sweep; run in the order below whatever the
+# list's order), each under its own timeout and all within GPU_CHECK_BUDGET seconds (default 470),
+# so the default run fits in about 8 minutes; a stage cut by its timeout fails:
 #   tests      the whole mocha suite with BATCHNORM_REQUIRE_GPU=1 (unavailable GPU backends fail)
-#   cudatests  the suite again with setBackend('cuda') before every test (scripts/force-cuda.js),
-#              so host inputs run on our CUDA kernels wherever a test names no backend
 #   bench      `batchnorm bench` on W1-W6 for cuda (with --compare torch: PyTorch's training
 #              forward, eval, backward) and for cudnn, merged into bench.json; then the measured
 #              dispatch table (native/backend_api/dispatch_table.h) is rewritten from it
 #   torch      PyTorch BatchNorm under autograd: forward, backward, step, eval (torch-autograd.json)
 #   selftest   the CUDA self-test program (build/Release/batchnorm_cuda_selftest)
+#   cudatests  the suite again with setBackend('cuda') before every test (scripts/force-cuda.js),
+#              so host inputs run on our CUDA kernels wherever a test names no backend
 #   sanitize   compute-sanitizer memcheck and racecheck over the GPU test files and over the
 #              self-test (--quick --no-timing); only the out-of-memory tests' API errors may appear
 #   sweep      `batchnorm bench --sweep` on cuda (not in the default list)
@@ -33,9 +34,19 @@ SUMMARY="$OUT/summary.txt"
 status=0
 MOCHA=(node_modules/mocha/bin/mocha.js)
 
+START=$(date +%s)
+# The whole run's budget in seconds: a stage gets at most what is left of it (less a reserve for
+# the report), so the default run ends within about 8 minutes however slow a stage is.
+BUDGET="${GPU_CHECK_BUDGET:-470}"
 want() { [[ "$STAGES" == *",$1,"* || "$STAGES" == ",all," ]]; }
-# Seconds for a stage: GPU_CHECK_TIMEOUT_<STAGE> or the default given.
-limit() { local v="GPU_CHECK_TIMEOUT_${1^^}"; echo "${!v:-$2}"; }
+# Seconds for a stage: GPU_CHECK_TIMEOUT_<STAGE> or the default given, capped by the budget left.
+limit() {
+  local v="GPU_CHECK_TIMEOUT_${1^^}" left=$(( BUDGET - 15 - ($(date +%s) - START) ))
+  local t="${!v:-$2}"
+  [ "$left" -lt "$t" ] && t=$left
+  [ "$t" -lt 5 ] && t=5
+  echo "$t"
+}
 # Records one line per stage result; a failed one makes the exit status non-zero.
 record() {
   local name="$1" rc="$2" what="$3"
@@ -84,17 +95,9 @@ fi
 if want tests; then
   echo "== tests (BATCHNORM_REQUIRE_GPU=1)"
   t0=$(date +%s)
-  BATCHNORM_REQUIRE_GPU=1 timeout "$(limit tests 150)" "$NODE" "${MOCHA[@]}" "${IGNORE[@]}" 2>&1 | tee "$OUT/tests.txt"
+  BATCHNORM_REQUIRE_GPU=1 timeout "$(limit tests 100)" "$NODE" "${MOCHA[@]}" "${IGNORE[@]}" 2>&1 | tee "$OUT/tests.txt"
   rc=${PIPESTATUS[0]}
   record tests "$rc" "$(tail -1 "$OUT/tests.txt") in $(elapsed "$t0")"
-fi
-
-if want cudatests; then
-  echo "== tests with setBackend('cuda') for host inputs (scripts/force-cuda.js)"
-  t0=$(date +%s)
-  BATCHNORM_REQUIRE_GPU=1 timeout "$(limit cudatests 120)" "$NODE" "${MOCHA[@]}" "${IGNORE[@]}" --require scripts/force-cuda.js 2>&1 | tee "$OUT/tests-cuda.txt"
-  rc=${PIPESTATUS[0]}
-  record cudatests "$rc" "$(tail -1 "$OUT/tests-cuda.txt") in $(elapsed "$t0")" "tests that assert the default backend fail under the forced backend: read tests-cuda.txt"
 fi
 
 have_torch=0
@@ -111,13 +114,13 @@ if want bench; then
   t0=$(date +%s)
   compare=()
   [ "$have_torch" -eq 1 ] && compare=(--compare torch)
-  PYTHON="$PY" timeout "$(limit bench 200)" "$NODE" dist/lib/cli.js bench --backend cuda "${compare[@]}" \
+  PYTHON="$PY" timeout "$(limit bench 150)" "$NODE" dist/lib/cli.js bench --backend cuda "${compare[@]}" \
     --json "$OUT/bench-cuda.json" 2>&1 | tee "$OUT/bench-cuda.txt"
   rc=${PIPESTATUS[0]}
   record bench-cuda "$rc" "W1-W6 on cuda${compare[*]:+ with torch} in $(elapsed "$t0")"
   if grep -q '"available":true' "$OUT/cudnn.txt"; then
     t0=$(date +%s)
-    timeout "$(limit benchcudnn 120)" "$NODE" dist/lib/cli.js bench --backend cudnn \
+    timeout "$(limit benchcudnn 60)" "$NODE" dist/lib/cli.js bench --backend cudnn \
       --json "$OUT/bench-cudnn.json" 2>&1 | tee "$OUT/bench-cudnn.txt"
     rc=${PIPESTATUS[0]}
     record bench-cudnn "$rc" "W1-W6 on cudnn in $(elapsed "$t0")"
@@ -142,7 +145,7 @@ if want torch; then
   if [ "$have_torch" -eq 1 ]; then
     echo "== PyTorch autograd (scripts/bench_torch_autograd.py)"
     t0=$(date +%s)
-    timeout "$(limit torch 90)" "$PY" scripts/bench_torch_autograd.py > "$OUT/torch-autograd.json" 2> "$OUT/torch-autograd.err"
+    timeout "$(limit torch 60)" "$PY" scripts/bench_torch_autograd.py > "$OUT/torch-autograd.json" 2> "$OUT/torch-autograd.err"
     rc=$?
     cat "$OUT/torch-autograd.err"
     record torch "$rc" "nn.BatchNorm forward/backward/eval W1-W6 in $(elapsed "$t0")"
@@ -156,12 +159,20 @@ if want selftest; then
   if [ -x "$SELFTEST" ]; then
     echo "== CUDA self-test ($SELFTEST)"
     t0=$(date +%s)
-    timeout "$(limit selftest 120)" "$SELFTEST" 2>&1 | tee "$OUT/selftest.txt"
+    timeout "$(limit selftest 60)" "$SELFTEST" 2>&1 | tee "$OUT/selftest.txt"
     rc=${PIPESTATUS[0]}
     record selftest "$rc" "$(tail -1 "$OUT/selftest.txt") in $(elapsed "$t0")"
   else
     record selftest 1 "$SELFTEST not built"
   fi
+fi
+
+if want cudatests; then
+  echo "== tests with setBackend('cuda') for host inputs (scripts/force-cuda.js)"
+  t0=$(date +%s)
+  BATCHNORM_REQUIRE_GPU=1 timeout "$(limit cudatests 80)" "$NODE" "${MOCHA[@]}" "${IGNORE[@]}" --require scripts/force-cuda.js 2>&1 | tee "$OUT/tests-cuda.txt"
+  rc=${PIPESTATUS[0]}
+  record cudatests "$rc" "$(tail -1 "$OUT/tests-cuda.txt") in $(elapsed "$t0")" "tests that assert the default backend fail under the forced backend: read tests-cuda.txt"
 fi
 
 if want sanitize; then
@@ -171,6 +182,12 @@ if want sanitize; then
     for c in /usr/local/cuda/bin/compute-sanitizer /usr/local/cuda/compute-sanitizer/compute-sanitizer; do
       [ -z "$SAN" ] && [ -x "$c" ] && SAN="$c"
     done
+    # pip's nvidia-cuda-sanitizer wheel, then anywhere on the disk.
+    if [ -z "$SAN" ]; then
+      for d in $("$PY" -c "import site; print(' '.join(site.getsitepackages()))" 2>/dev/null); do
+        [ -z "$SAN" ] && SAN=$(find "$d" -type f -name compute-sanitizer -perm -u+x 2>/dev/null | head -1)
+      done
+    fi
     [ -z "$SAN" ] && SAN=$(find / -xdev -type f -name compute-sanitizer -perm -u+x -not -path '/proc/*' 2>/dev/null | head -1)
   fi
   if [ -z "$SAN" ]; then
@@ -185,7 +202,7 @@ if want sanitize; then
       t0=$(date +%s)
       # The sanitizer's own exit code is the application's; the verdict is the summary's.
       # node gets --expose-gc itself, so mocha runs the tests in this process, not a child.
-      BATCHNORM_REQUIRE_GPU=1 timeout "$(limit "sanitize_$tool" 150)" "$SAN" --tool "$tool" --print-limit 200 --target-processes all \
+      BATCHNORM_REQUIRE_GPU=1 timeout "$(limit "sanitize_$tool" 90)" "$SAN" --tool "$tool" --print-limit 200 --target-processes all \
         "$NODE" --expose-gc "${MOCHA[@]}" --no-config --timeout 300000 --reporter dot "${files[@]}" > "$OUT/$tool-tests.txt" 2>&1
       rc=$?
       tail -5 "$OUT/$tool-tests.txt"
@@ -195,7 +212,7 @@ if want sanitize; then
       record "$tool-tests" "$vr" "$v (mocha exit $rc) in $(elapsed "$t0")"
       if [ -x "$SELFTEST" ]; then
         t0=$(date +%s)
-        timeout "$(limit "sanitize_${tool}_selftest" 120)" "$SAN" --tool "$tool" --print-limit 200 \
+        timeout "$(limit "sanitize_${tool}_selftest" 45)" "$SAN" --tool "$tool" --print-limit 200 \
           "$SELFTEST" --quick --no-timing > "$OUT/$tool-selftest.txt" 2>&1
         rc=$?
         tail -3 "$OUT/$tool-selftest.txt"
