@@ -66,8 +66,15 @@ DEST="${OUT:-$PWD/gpu-out}"
 mkdir -p "$DEST"
 W=$(mktemp -d)
 mkdir -p "$W/bin"
-xz -dc "$HERE/node.xz" > "$W/bin/node" && chmod +x "$W/bin/node"
-tar -C "$W" -xzf "$HERE/run.tgz"
+# Python's lzma and tarfile stand in where xz or tar is missing.
+if command -v xz >/dev/null 2>&1; then
+  xz -dc "$HERE/node.xz" > "$W/bin/node"
+else
+  python3 -c "import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], 'wb'))" "$HERE/node.xz" "$W/bin/node"
+fi
+chmod +x "$W/bin/node"
+tar -C "$W" -xzf "$HERE/run.tgz" 2>/dev/null ||
+  python3 -c "import tarfile, sys; tarfile.open(sys.argv[1]).extractall(sys.argv[2])" "$HERE/run.tgz" "$W"
 export PATH="$W/bin:$PATH"
 echo "node $(node --version) in $W"
 cd "$W/run" || exit 2
