@@ -114,13 +114,15 @@ if want bench; then
   t0=$(date +%s)
   compare=()
   [ "$have_torch" -eq 1 ] && compare=(--compare torch)
-  PYTHON="$PY" timeout "$(limit bench 150)" "$NODE" dist/lib/cli.js bench --backend cuda "${compare[@]}" \
+  # GPU_CHECK_BENCH_ARGS adds bench flags to both runs (e.g. "--reps 10" when time is short).
+  read -r -a extra <<< "${GPU_CHECK_BENCH_ARGS:-}"
+  PYTHON="$PY" timeout "$(limit bench 150)" "$NODE" dist/lib/cli.js bench --backend cuda "${compare[@]}" "${extra[@]}" \
     --json "$OUT/bench-cuda.json" 2>&1 | tee "$OUT/bench-cuda.txt"
   rc=${PIPESTATUS[0]}
   record bench-cuda "$rc" "W1-W6 on cuda${compare[*]:+ with torch} in $(elapsed "$t0")"
   if grep -q '"available":true' "$OUT/cudnn.txt"; then
     t0=$(date +%s)
-    timeout "$(limit benchcudnn 60)" "$NODE" dist/lib/cli.js bench --backend cudnn \
+    timeout "$(limit benchcudnn 60)" "$NODE" dist/lib/cli.js bench --backend cudnn "${extra[@]}" \
       --json "$OUT/bench-cudnn.json" 2>&1 | tee "$OUT/bench-cudnn.txt"
     rc=${PIPESTATUS[0]}
     record bench-cudnn "$rc" "W1-W6 on cudnn in $(elapsed "$t0")"
