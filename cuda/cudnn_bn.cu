@@ -17,7 +17,6 @@
 // 1/invStd² − ε (which cancels when ε ≫ variance).
 #include <cuda_runtime.h>
 #include <dlfcn.h>
-#include <sys/stat.h>
 
 #include <cstdlib>
 #include <limits>
@@ -27,6 +26,7 @@
 
 #include "common.cuh"
 #include "cudnn_api.h"
+#include "dl_library.h"
 #include "../native/backend_api/cudnn.h"
 
 namespace bn {
@@ -66,39 +66,11 @@ constexpr const char* kOpsSoname = "libcudnn_ops.so.9";
 constexpr const char* kGraphSoname = "libcudnn_graph.so.9";
 constexpr int kMinMajor = 9;
 
-bool is_directory(const std::string& p) {
-  struct stat st;
-  return stat(p.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
-}
-// Only regular files reach dlopen: opening a FIFO (or a device) would block the caller.
-bool is_file(const std::string& p) {
-  struct stat st;
-  return stat(p.c_str(), &st) == 0 && S_ISREG(st.st_mode);
-}
-bool exists(const std::string& p) {
-  struct stat st;
-  return stat(p.c_str(), &st) == 0;
-}
-
-// Libraries are never dlclose'd: cuDNN keeps threads and static state, and unloading it
-// under a live handle would crash; a failed probe leaves only a mapped file behind.
-void* open_library(const std::string& name, std::string* err) {
-  dlerror();
-  void* h = dlopen(name.c_str(), RTLD_NOW | RTLD_LOCAL);
-  if (!h) {
-    const char* e = dlerror();
-    *err = e ? e : "dlopen failed";
-  }
-  return h;
-}
-
-std::string version_text(int v) {
-  // cuDNN 9: MAJOR·10000 + MINOR·100 + PATCH; cuDNN <= 8: MAJOR·1000 + MINOR·100 + PATCH.
-  const int major = v >= 10000 ? v / 10000 : v / 1000;
-  const int minor = v >= 10000 ? (v / 100) % 100 : (v / 100) % 10;
-  return std::to_string(major) + "." + std::to_string(minor) + "." + std::to_string(v % 100);
-}
-int version_major(int v) { return v >= 10000 ? v / 10000 : v / 1000; }
+using dl::is_directory;
+using dl::is_file;
+using dl::open_library;
+using dl::version_major;
+using dl::version_text;
 
 // override_path: "" = the default search path; `source` says where it came from (for reasons).
 LoadInfo load(const std::string& override_path, const std::string& source, Api* api) {
@@ -131,7 +103,7 @@ LoadInfo load(const std::string& override_path, const std::string& source, Api* 
   std::string err;
   info.path = main_name;
   // A name that exists must be a regular file (a bare soname is left to the search path).
-  if (exists(main_name) && !is_file(main_name)) {
+  if (dl::refuses(main_name)) {
     info.reason = std::string(kMainSoname) + " not loaded (tried " + tried + ": not a regular file or a directory)";
     return info;
   }

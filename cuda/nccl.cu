@@ -15,7 +15,6 @@
 // with fake libraries; scripts/nccl-check.sh runs the collectives on a GPU machine.
 #include <cuda_runtime.h>
 #include <dlfcn.h>
-#include <sys/stat.h>
 
 #include <cstdlib>
 #include <cstring>
@@ -24,6 +23,7 @@
 
 #include "common.cuh"
 #include "nccl_api.h"
+#include "dl_library.h"
 #include "../native/backend_api/nccl.h"
 
 namespace bn {
@@ -49,36 +49,32 @@ constexpr const char* kSoname = "libnccl.so.2";
 constexpr int kMinMajor = 2;
 constexpr int kMinMinor = 4;
 
-bool is_directory(const std::string& p) {
-  struct stat st;
-  return stat(p.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
-}
-
-// NCCL_VERSION_CODE: MAJOR·1000 + MINOR·100 + PATCH up to 2.8, MAJOR·10000 + MINOR·100 +
-// PATCH from 2.9 on.
-int version_major(int v) { return v >= 10000 ? v / 10000 : v / 1000; }
-int version_minor(int v) { return v >= 10000 ? (v / 100) % 100 : (v / 100) % 10; }
-std::string version_text(int v) {
-  return std::to_string(version_major(v)) + "." + std::to_string(version_minor(v)) + "." + std::to_string(v % 100);
-}
+using dl::is_directory;
+using dl::version_major;
+using dl::version_minor;
+using dl::version_text;
 
 // Libraries are never dlclose'd: NCCL keeps proxy threads and static state.
-LoadInfo load(const std::string& override_path, Api* api) {
+// override_path: "" = the default search path; `source` says where it came from (for reasons).
+LoadInfo load(const std::string& override_path, const std::string& source, Api* api) {
   LoadInfo info;
   std::string name = kSoname;
   std::string tried;
   if (!override_path.empty()) {
     name = is_directory(override_path) ? override_path + "/" + kSoname : override_path;
-    tried = "BATCHNORM_NCCL_PATH=" + override_path;
+    tried = source + override_path;
   } else {
     tried = std::string(kSoname) + " on the default library search path";
   }
   info.path = name;
-  dlerror();
-  void* h = dlopen(name.c_str(), RTLD_NOW | RTLD_LOCAL);
+  if (dl::refuses(name)) {
+    info.reason = std::string(kSoname) + " not loaded (tried " + tried + ": not a regular file or a directory)";
+    return info;
+  }
+  std::string err;
+  void* h = dl::open_library(name, &err);
   if (!h) {
-    const char* e = dlerror();
-    info.reason = std::string(kSoname) + " not found (tried " + tried + ": " + (e ? e : "dlopen failed") + ")" +
+    info.reason = std::string(kSoname) + " not found (tried " + tried + ": " + err + ")" +
                   (override_path.empty() ? "; install NCCL (e.g. pip install nvidia-nccl-cu13) and set BATCHNORM_NCCL_PATH "
                                            "to the library or its directory"
                                          : "");
@@ -134,7 +130,7 @@ Library& lib() {
   static Library* l = [] {
     auto* x = new Library;
     const char* env = std::getenv("BATCHNORM_NCCL_PATH");
-    x->info = load(env ? env : "", &x->api);
+    x->info = load(env ? env : "", "BATCHNORM_NCCL_PATH=", &x->api);
     return x;
   }();
   return *l;
@@ -176,7 +172,7 @@ struct Comm {
 LoadInfo probe(const std::string& path) {
   if (path.empty()) return lib().info;
   Api api;
-  return load(path, &api);
+  return load(path, "path ", &api);
 }
 
 Status unique_id(unsigned char* out) {

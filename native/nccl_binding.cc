@@ -40,6 +40,8 @@ Napi::Value Probe(const Napi::CallbackInfo& info) {
   if (info.Length() > 0 && !info[0].IsUndefined() && !info[0].IsNull()) {
     if (!info[0].IsString()) throw_type(env, "ncclProbe: path must be a string");
     path = info[0].As<Napi::String>().Utf8Value();
+    // dlopen would stop at a NUL and open whatever the prefix names ("" = the executable).
+    if (path.find('\0') != std::string::npos) throw_type(env, "ncclProbe: path must not contain NUL characters");
   }
   const nccl::LoadInfo r = nccl::probe(path);
   Napi::Object o = Napi::Object::New(env);

@@ -59,15 +59,34 @@ describe('NCCL loader (any machine, no GPU needed)', function () {
     assert.match(r.reason!, /^libnccl\.so\.2 not found \(tried libnccl\.so\.2 on the default library search path: .*\); install NCCL .*BATCHNORM_NCCL_PATH/);
   });
 
-  it('a bad BATCHNORM_NCCL_PATH, or a directory without the library, is named in the reason', () => {
+  it('a bad path, or a directory without the library, is named in the reason as the path it came from', () => {
     const r = ncclProbe('/nonexistent');
     assert.deepEqual([r.loaded, r.path], [false, '/nonexistent']);
-    assert.match(r.reason!, /^libnccl\.so\.2 not found \(tried BATCHNORM_NCCL_PATH=\/nonexistent: /);
+    assert.match(r.reason!, /^libnccl\.so\.2 not found \(tried path \/nonexistent: /);
+    assert.doesNotMatch(r.reason!, /BATCHNORM_NCCL_PATH/);
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'empty-nccl-'));
     tempDirs.push(dir);
     const d = ncclProbe(dir);
     assert.equal(d.path, path.join(dir, 'libnccl.so.2'));
-    assert.match(d.reason!, /not found \(tried BATCHNORM_NCCL_PATH=/);
+    assert.match(d.reason!, /not found \(tried path /);
+  });
+
+  it('a FIFO is refused without opening it (no hang), and NUL bytes are a TypeError', function () {
+    assert.throws(() => ncclProbe('\0x'), { name: 'TypeError', message: /ncclProbe: path must not contain NUL/ });
+    if (/built without CUDA/.test(ncclProbe('/nonexistent').reason ?? '')) this.skip();
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'fifo-nccl-'));
+    tempDirs.push(dir);
+    const fifo = path.join(dir, 'libnccl.so.2');
+    if (spawnSync('mkfifo', [fifo]).status !== 0) this.skip();
+    // In a child with a timeout: a probe that blocked on the FIFO would hang mocha.
+    for (const arg of [fifo, dir]) {
+      const res = spawnSync(process.execPath, ['-e', `process.stdout.write(JSON.stringify(require(${JSON.stringify(path.resolve(__dirname, '../lib/index.js'))}).ncclProbe(${JSON.stringify(arg)})))`],
+        { encoding: 'utf8', timeout: 15000 });
+      assert.equal(res.status, 0, `child failed or hung: ${res.signal ?? ''} ${res.stderr}`);
+      const p = JSON.parse(res.stdout);
+      assert.equal(p.loaded, false);
+      assert.match(p.reason, /tried path .*not a regular file or a directory/);
+    }
   });
 
   it('a library missing a symbol says which (fake libnccl.so.2 built here)', function () {
