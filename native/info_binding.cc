@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "args.h"
+#include "library_probe.h"
 #include "backend_api/cudnn.h"
 #include "hostmem.h"
 #include "info_binding.h"
@@ -67,23 +68,7 @@ Napi::Value Explain(const Napi::CallbackInfo& info) {
 }
 
 // cudnnProbe(path?) -> {loaded, version, path, reason}: the loader run afresh (no GPU needed).
-Napi::Value CudnnProbe(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  std::string path;
-  if (info.Length() > 0 && !info[0].IsUndefined() && !info[0].IsNull()) {
-    if (!info[0].IsString()) type_error(env, "cudnnProbe: path must be a string");
-    path = info[0].As<Napi::String>().Utf8Value();
-    // dlopen would stop at a NUL and open whatever the prefix names ("" = the executable).
-    if (path.find('\0') != std::string::npos) type_error(env, "cudnnProbe: path must not contain NUL characters");
-  }
-  const cudnn::LoadInfo r = cudnn::probe(path);
-  Napi::Object o = Napi::Object::New(env);
-  o.Set("loaded", r.loaded);
-  o.Set("version", r.version);
-  o.Set("path", r.path);
-  o.Set("reason", r.loaded ? env.Null() : Napi::String::New(env, r.reason));
-  return o;
-}
+Napi::Value CudnnProbe(const Napi::CallbackInfo& info) { return library_probe(info, "cudnnProbe", cudnn::probe); }
 
 Napi::Value SetNumThreads(const Napi::CallbackInfo& info) {
   const double n = info[0].IsNumber() ? info[0].As<Napi::Number>().DoubleValue() : 0;

@@ -10,6 +10,7 @@
 #include <string>
 
 #include "backend_api/nccl.h"
+#include "library_probe.h"
 #include "async_work.h"
 #include "device_binding.h"
 
@@ -34,23 +35,7 @@ CommPtr get_comm(Napi::Env env, Napi::Value v, const char* fn) {
 }
 
 // ncclProbe(path?) -> {loaded, version, path, reason}
-Napi::Value Probe(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  std::string path;
-  if (info.Length() > 0 && !info[0].IsUndefined() && !info[0].IsNull()) {
-    if (!info[0].IsString()) throw_type(env, "ncclProbe: path must be a string");
-    path = info[0].As<Napi::String>().Utf8Value();
-    // dlopen would stop at a NUL and open whatever the prefix names ("" = the executable).
-    if (path.find('\0') != std::string::npos) throw_type(env, "ncclProbe: path must not contain NUL characters");
-  }
-  const nccl::LoadInfo r = nccl::probe(path);
-  Napi::Object o = Napi::Object::New(env);
-  o.Set("loaded", r.loaded);
-  o.Set("version", r.version);
-  o.Set("path", r.path);
-  o.Set("reason", r.loaded ? env.Null() : Napi::String::New(env, r.reason));
-  return o;
-}
+Napi::Value Probe(const Napi::CallbackInfo& info) { return library_probe(info, "ncclProbe", nccl::probe); }
 
 Napi::Value UniqueId(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
