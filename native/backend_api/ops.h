@@ -9,6 +9,10 @@
 
 namespace bn {
 
+namespace nccl {
+struct Comm;  // an NCCL communicator (backend_api/nccl.h)
+}
+
 using Shape = std::vector<int64_t>;
 
 inline int64_t numel(const Shape& s) {
@@ -70,6 +74,26 @@ struct ChannelLayout {
   int64_t A = 0, C = 0, B = 0;
 };
 
+// Synchronized batch norm: x is one shard of a batch split across ranks along axis 0.
+// The whole batch's per-channel statistics, float64, in the args' memory: count =
+// elements per channel over every shard, mean and M2 = Σ(x − mean)².
+struct WholeBatchStats {
+  double count = 0;
+  const double* mean = nullptr;
+  const double* m2 = nullptr;
+};
+
+// The synchronized backward's per-channel sums, float64, in the args' memory: the whole
+// batch's (what dx needs: Σdy, Σdy·(x − μ) and the count, summed over the ranks) and this
+// shard's own (what dscale/doffset are, as in PyTorch's SyncBatchNorm).
+struct WholeBatchGradSums {
+  double count = 0;
+  const double* sum_dy = nullptr;
+  const double* sum_dy_xmu = nullptr;
+  const double* shard_sum_dy = nullptr;
+  const double* shard_sum_dy_xmu = nullptr;
+};
+
 // fusedBatchNorm, TF FusedBatchNormV3 semantics (see cuda/cuda_backend.h,
 // FusedBatchNormArgs, for the exact bookkeeping; every backend implements the same).
 // running_mean/running_var: read in inference and when factor != 1 (required then).
@@ -92,6 +116,13 @@ struct FusedArgs {
   float* saved_mean = nullptr;
   float* saved_inv_std = nullptr;
   Memory mem = Memory::kHost;
+  // Training only; at most one of the two is set. whole_batch: the statistics were
+  // exchanged by the caller (host data): skip the statistics pass, do the bookkeeping and
+  // normalization with these. nccl: device data; the backend computes this shard's
+  // (count, mean, M2), all-gathers them over the communicator on its own stream, merges
+  // them in rank order (Chan et al.) on the device, then goes on as with whole_batch.
+  const WholeBatchStats* whole_batch = nullptr;
+  nccl::Comm* nccl = nullptr;
 };
 
 // batchNormalizationGrad from the forward's saved statistics. training: μ and invstd come
@@ -110,6 +141,12 @@ struct GradArgs {
   float* dscale = nullptr;
   float* doffset = nullptr;
   Memory mem = Memory::kHost;
+  // Training only; at most one of the two is set. whole_batch: dx from the whole batch's
+  // sums, dscale/doffset from the shard's, no reduction pass over the data. nccl: device
+  // data; the backend reduces this shard's sums, all-reduces a copy over the communicator
+  // on its own stream, then applies dx with the whole batch's.
+  const WholeBatchGradSums* whole_batch = nullptr;
+  nccl::Comm* nccl = nullptr;
 };
 
 // CPU kernels (native/cpu_*.cc). Multi-threaded, deterministic for any thread count.
