@@ -33,6 +33,35 @@ export interface FusedBatchNormCall {
   runningVariance: F32OrDevice;
   savedMean: F32OrDevice;
   savedInvStd: F32OrDevice;
+  /**
+   * Synchronized training (at most one of the two; absent or null = local statistics).
+   * wholeBatch: host data only; the whole batch's per-channel statistics as the ranks
+   * exchanged them (count = elements per channel over every shard, mean and
+   * m2 = Σ(x − mean)², C float64 each): no statistics pass, the same bookkeeping.
+   * nccl: DeviceTensors only, backend 'cuda': the op exchanges the statistics itself.
+   */
+  wholeBatch?: WholeBatchStats | null;
+  nccl?: NcclCommHandle | null;
+}
+
+/** The whole batch's per-channel statistics of a synchronized forward (C float64 each). */
+export interface WholeBatchStats {
+  count: number;
+  mean: Float64Array;
+  m2: Float64Array;
+}
+
+/**
+ * The synchronized backward's per-channel sums (C float64 each): the whole batch's Σdy,
+ * Σdy·(x − μ) and count (for dx), and this shard's own (dscale = invStd·shardSumDyXmu,
+ * doffset = shardSumDy).
+ */
+export interface WholeBatchGradSums {
+  count: number;
+  sumDy: Float64Array;
+  sumDyXmu: Float64Array;
+  shardSumDy: Float64Array;
+  shardSumDyXmu: Float64Array;
 }
 
 /** batchNormalizationGrad's one options object (layout as FusedBatchNormCall's). */
@@ -50,6 +79,24 @@ export interface BatchNormGradCall {
   dx: F32OrDevice;
   dscale: F32OrDevice;
   doffset: F32OrDevice;
+  /** Synchronized training, as FusedBatchNormCall's (wholeBatch: host data; nccl: DeviceTensors). */
+  wholeBatch?: WholeBatchGradSums | null;
+  nccl?: NcclCommHandle | null;
+}
+
+/**
+ * channelGradSums' one options object: host data only, layout as FusedBatchNormCall's.
+ * Writes sumDy[c] = Σdy and sumDyXmu[c] = Σdy·(x − savedMean[c]) (C float64 each).
+ */
+export interface ChannelGradSumsCall {
+  dy: Float32Array;
+  x: Float32Array;
+  shape: number[];
+  axis: number;
+  savedMean: Float32Array;
+  backend: BackendCode;
+  sumDy: Float64Array;
+  sumDyXmu: Float64Array;
 }
 export type ExplainOp = 'moments' | 'batchNormalization' | 'fusedBatchNorm' | 'batchNormalizationGrad';
 
@@ -128,27 +175,11 @@ export interface Binding {
   opCalls(): number;
 
   /**
-   * The synchronized backward's building blocks, host data on the CPU only. Reductions:
-   * per channel c of dy, x viewed as [A, C, B],
-   * outSumDy[c] = Σ dy and outSumDyXmu[c] = Σ dy·(x − mean[c]), in float64.
+   * A shard's backward sums (CPU only), which the synchronized backward all-reduces and
+   * passes to batchNormalizationGrad as wholeBatch.
    */
-  channelGradSums(
-    dy: Float32Array, x: Float32Array, A: number, C: number, B: number, mean: Float64Array,
-    outSumDy: Float64Array, outSumDyXmu: Float64Array, backend: BackendCode,
-  ): BackendName;
-  channelGradSumsAsync(
-    dy: Float32Array, x: Float32Array, A: number, C: number, B: number, mean: Float64Array,
-    outSumDy: Float64Array, outSumDyXmu: Float64Array, backend: BackendCode,
-  ): Promise<BackendName>;
-  /** Backward pass, elementwise: dx = g[c]·(dy − a[c] − (x − mean[c])·b[c]) in float64. */
-  channelGradApply(
-    dy: Float32Array, x: Float32Array, A: number, C: number, B: number, mean: Float64Array,
-    g: Float64Array, a: Float64Array, b: Float64Array, dx: Float32Array, backend: BackendCode,
-  ): BackendName;
-  channelGradApplyAsync(
-    dy: Float32Array, x: Float32Array, A: number, C: number, B: number, mean: Float64Array,
-    g: Float64Array, a: Float64Array, b: Float64Array, dx: Float32Array, backend: BackendCode,
-  ): Promise<BackendName>;
+  channelGradSums(options: ChannelGradSumsCall): BackendName;
+  channelGradSumsAsync(options: ChannelGradSumsCall): Promise<BackendName>;
 
   backends(): NativeBackendInfo[];
   /**

@@ -66,11 +66,14 @@ F32 read_f32(Napi::Env env, Napi::Value v, const char* fn, const char* name, boo
   return r;
 }
 
-// A Float64Array argument of exactly `length` elements (or null when nullable).
 double* get_f64(const Napi::CallbackInfo& info, size_t i, const char* fn, const char* name, int64_t length,
                 bool nullable, std::vector<Napi::Value>* keep) {
-  Napi::Env env = info.Env();
-  Napi::Value v = info[i];
+  return read_f64(info.Env(), info[i], fn, name, length, nullable, keep);
+}
+
+// A Float64Array of exactly `length` elements (or null when nullable).
+double* read_f64(Napi::Env env, Napi::Value v, const char* fn, const char* name, int64_t length, bool nullable,
+                 std::vector<Napi::Value>* keep) {
   if (nullable && (v.IsNull() || v.IsUndefined())) return nullptr;
   if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_float64_array)
     type_error(env, std::string(fn) + ": " + name + " must be a Float64Array");
@@ -79,7 +82,7 @@ double* get_f64(const Napi::CallbackInfo& info, size_t i, const char* fn, const 
     range_error(env, std::string(fn) + ": " + name + " must have " + std::to_string(length) + " elements");
   if (length > 0 && a.Data() == nullptr)
     type_error(env, std::string(fn) + ": " + name + " is backed by a detached ArrayBuffer");
-  keep->push_back(v);
+  if (keep) keep->push_back(v);
   return a.Data();
 }
 
@@ -152,6 +155,10 @@ double attr_number(Napi::Object o, const char* fn, const char* key) {
   Napi::Value v = o.Get(key);
   if (!v.IsNumber()) type_error(o.Env(), std::string(fn) + ": " + key_name(key) + " must be a number");
   return v.As<Napi::Number>().DoubleValue();
+}
+
+double* attr_f64(Napi::Object o, const char* fn, const char* key, int64_t length, std::vector<Napi::Value>* keep) {
+  return read_f64(o.Env(), o.Get(key), fn, key_name(key).c_str(), length, false, keep);
 }
 
 bool attr_bool(Napi::Object o, const char* fn, const char* key) {

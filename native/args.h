@@ -48,6 +48,10 @@ void check_disjoint(Napi::Env env, const char* fn, const char* out_name, const v
 
 F32 read_f32(Napi::Env env, Napi::Value v, const char* fn, const char* name, bool nullable);
 F32 get_f32(const Napi::CallbackInfo& info, size_t i, const char* fn, const char* name, bool nullable);
+// A Float64Array of exactly `length` elements (or null when nullable); keep (if given)
+// gets the value, to be referenced during async work.
+double* read_f64(Napi::Env env, Napi::Value v, const char* fn, const char* name, int64_t length, bool nullable,
+                 std::vector<Napi::Value>* keep);
 double* get_f64(const Napi::CallbackInfo& info, size_t i, const char* fn, const char* name, int64_t length,
                 bool nullable, std::vector<Napi::Value>* keep);
 int64_t get_count(const Napi::CallbackInfo& info, size_t i, const char* fn, const char* name);
@@ -62,6 +66,7 @@ int get_backend(const Napi::CallbackInfo& info, size_t i);
 Napi::Object get_options(const Napi::CallbackInfo& info, const char* fn);
 F32 attr_f32(Napi::Object o, const char* fn, const char* key, bool nullable);
 double attr_number(Napi::Object o, const char* fn, const char* key);
+double* attr_f64(Napi::Object o, const char* fn, const char* key, int64_t length, std::vector<Napi::Value>* keep);
 bool attr_bool(Napi::Object o, const char* fn, const char* key);
 Shape attr_shape(Napi::Object o, const char* fn, const char* key);
 int attr_backend(Napi::Object o, const char* fn);

@@ -58,11 +58,18 @@ const char* op_name(Op op) {
   switch (op) {
     case Op::kMoments: return "moments";
     case Op::kBatchNorm: return "batchNormalization";
-    case Op::kTraining: return "batchNormalizationGrad";
+    case Op::kTraining: return "channelGradSums";
     case Op::kFusedForward: return "fusedBatchNorm";
     case Op::kFusedBackward: return "batchNormalizationGrad";
   }
   return "?";
+}
+
+// cuDNN's training routines compute their own batch statistics and reductions: they
+// cannot take the whole batch's of a synchronized call.
+const char* synchronized_reason() {
+  return "cuDNN computes the shard's own statistics; synchronized batch norm (options.wholeBatch or options.nccl) "
+         "runs on 'cpu' (host data) or 'cuda'";
 }
 
 // Whether the cuDNN path can run a call: "" when every condition holds, else the first
@@ -75,6 +82,7 @@ std::string cudnn_rejects(Op op, const CallInfo* c, Memory data, bool automatic)
   if (automatic && data != Memory::kDevice) return "inputs are host Float32Arrays";
   if (op != Op::kBatchNorm && !training) return std::string("cuDNN has no routine for ") + op_name(op);
   if (!c) return "the call's shapes are not known (explain without options.shape)";
+  if (training && c->synchronized) return synchronized_reason();
   if (training && !c->training)
     return op == Op::kFusedForward ? "cuDNN's training forward computes batch statistics (isTraining false: use 'cuda')"
                                    : "cuDNN's backward assumes batch statistics (isTraining false: use 'cuda')";
@@ -118,6 +126,9 @@ Status select_training(Op op, int requested, Backend* chosen, std::string* why, 
   const std::string fn = op_name(op);
   if (requested >= 0) {
     const Backend b = static_cast<Backend>(requested);
+    // Whatever the machine has: cuDNN can never run a synchronized call.
+    if (b == Backend::kCudnn && call && call->synchronized)
+      return Status::Error(Code::kUnsupported, fn + ": backend 'cudnn' cannot run this call: " + synchronized_reason());
     const std::string r = unavailable_reason(b);
     if (!r.empty())
       return Status::Error(Code::kBackendUnavailable, fn + ": backend '" + backend_name(b) + "' is unavailable: " + r);
@@ -205,17 +216,17 @@ std::vector<BackendInfo> backend_infos() {
 Status select_backend(Op op, int requested, Backend* chosen, std::string* why, Memory data, const CallInfo* call) {
   if (op == Op::kFusedForward || op == Op::kFusedBackward) return select_training(op, requested, chosen, why, data, call);
   // Every available backend supports both forward ops; op names the caller.
-  const char* fn = op == Op::kMoments ? "moments" : op == Op::kBatchNorm ? "batchNormalization" : "batchNormalizationGrad";
+  const char* fn = op_name(op);
   if (op == Op::kTraining) {
-    // channelGradSums/Apply (the synchronized backward's building blocks) take host data
-    // and run on the CPU; batchNormalizationGrad itself runs on every backend.
+    // channelGradSums (the synchronized backward's shard sums) takes host data and runs
+    // on the CPU; batchNormalizationGrad itself runs on every backend.
     if (requested > 0 && unavailable_reason(static_cast<Backend>(requested)).empty())
       return Status::Error(Code::kUnsupported, std::string(fn) + ": backend '" +
                                                    backend_name(static_cast<Backend>(requested)) +
-                                                   "' does not run the channel gradient building blocks; use 'cpu'");
+                                                   "' does not run the channel gradient sums; use 'cpu'");
     if (requested < 0) {
       *chosen = Backend::kCpu;
-      *why = "auto: 'cpu' (the channel gradient building blocks run on the CPU)";
+      *why = "auto: 'cpu' (the channel gradient sums run on the CPU)";
       return Status::Ok();
     }
   }
@@ -276,13 +287,6 @@ Status select_backend(Op op, int requested, Backend* chosen, std::string* why, M
 
 Status run_channel_grad_sums(Backend b, const ChannelGradArgs& p, double* sum_dy, double* sum_dy_xmu) {
   if (b == Backend::kCpu) return cpu_channel_grad_sums(p, sum_dy, sum_dy_xmu);
-  return Status::Error(Code::kBackendUnavailable, std::string("batchNormalizationGrad: backend '") +
-                                                      backend_name(b) + "' is unavailable: " + unavailable_reason(b));
-}
-
-Status run_channel_grad_apply(Backend b, const ChannelGradArgs& p, const double* g, const double* a,
-                              const double* bb, float* dx) {
-  if (b == Backend::kCpu) return cpu_channel_grad_apply(p, g, a, bb, dx);
   return Status::Error(Code::kBackendUnavailable, std::string("batchNormalizationGrad: backend '") +
                                                       backend_name(b) + "' is unavailable: " + unavailable_reason(b));
 }

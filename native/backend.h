@@ -16,8 +16,8 @@ struct BackendInfo {
 std::vector<BackendInfo> backend_infos();
 
 enum class Op { kMoments, kBatchNorm, kTraining, kFusedForward, kFusedBackward };
-// kTraining: the backward building blocks channelGradSums/Apply on host data (CPU only;
-// the synchronized backward combines them across ranks).
+// kTraining: channelGradSums, a shard's backward sums on host data (CPU only; the
+// synchronized backward all-reduces them and hands them to batchNormalizationGrad).
 // kFusedForward / kFusedBackward: fusedBatchNorm and batchNormalizationGrad, host or
 // device data, training or not (CallInfo::training).
 
@@ -28,6 +28,7 @@ struct CallInfo {
   double epsilon = 0;
   bool same_shape = true; // y has x's shape (x is not broadcast)
   bool training = true;   // fusedBatchNorm / batchNormalizationGrad: batch statistics (not frozen)
+  bool synchronized = false;  // the training ops' whole_batch or nccl is set
 };
 
 // The channel axis of batchNormalization's parameters when each present one is a vector
@@ -47,8 +48,6 @@ Status run_batch_norm(Backend b, const BatchNormArgs& a);
 Status run_fused_batch_norm(Backend b, const FusedArgs& a);
 Status run_batch_norm_grad(Backend b, const GradArgs& a);
 Status run_channel_grad_sums(Backend b, const ChannelGradArgs& p, double* sum_dy, double* sum_dy_xmu);
-Status run_channel_grad_apply(Backend b, const ChannelGradArgs& p, const double* g, const double* a,
-                              const double* bb, float* dx);
 
 const char* backend_name(Backend b);
 

@@ -184,41 +184,12 @@ Status normalize(const FusedArgs& a, const float* mean, const float* variance) {
   return cpu_batch_norm(b);
 }
 
-}  // namespace
-
-Status cpu_fused_batch_norm(const FusedArgs& a) {
+// FusedBatchNormV3's bookkeeping from float64 per-channel statistics (count n, mean and
+// M2 = Σ(x − mean)²), written once for the local statistics and the whole batch's of a
+// synchronized call: the same roundings either way, so a synchronized call on one rank
+// gives the local op's results bit for bit.
+Status finish_training(const FusedArgs& a, double n, const double* mean64, const double* m2) {
   const int64_t C = a.layout.C;
-  const size_t uc = static_cast<size_t>(C);
-  if (!a.training) {
-    Status s = normalize(a, a.running_mean, a.running_var);
-    if (!s.ok()) return s;
-    for (float* o : {a.batch_mean, a.running_mean_out, a.saved_mean}) std::copy(a.running_mean, a.running_mean + C, o);
-    for (float* o : {a.batch_var, a.batch_var_biased, a.running_var_out}) std::copy(a.running_var, a.running_var + C, o);
-    for (int64_t c = 0; c < C; ++c)
-      a.saved_inv_std[c] = static_cast<float>(1.0 / std::sqrt(static_cast<double>(a.running_var[c]) + a.epsilon));
-    return Status::Ok();
-  }
-  std::vector<double> mean64, m2;
-  std::vector<float> scratch;
-  try {
-    mean64.assign(uc, 0.0);
-    m2.assign(uc, 0.0);
-    scratch.assign(2 * uc, 0.0f);
-  } catch (const std::bad_alloc&) {
-    return Status::Error(Code::kOutOfMemory, "fusedBatchNorm: out of host memory for the statistics");
-  }
-  MomentsArgs m;
-  m.x = a.x;
-  m.shape = a.layout.shape;
-  m.reduce.assign(m.shape.size(), true);
-  m.reduce[static_cast<size_t>(a.layout.axis)] = false;
-  m.mean = scratch.data();
-  m.variance = scratch.data() + uc;
-  m.mean64 = mean64.data();
-  m.m2_64 = m2.data();
-  Status s = cpu_moments(m);
-  if (!s.ok()) return s;
-  const double n = static_cast<double>(a.layout.A * a.layout.B);
   const double bessel = std::max(n - 1, 1.0);
   const double f = a.factor;
   for (int64_t c = 0; c < C; ++c) {
@@ -239,12 +210,55 @@ Status cpu_fused_batch_norm(const FusedArgs& a) {
   return normalize(a, a.batch_mean, a.batch_var_biased);
 }
 
+}  // namespace
+
+Status cpu_fused_batch_norm(const FusedArgs& a) {
+  const int64_t C = a.layout.C;
+  const size_t uc = static_cast<size_t>(C);
+  if (a.nccl) return Status::Error(Code::kUnsupported, "fusedBatchNorm: backend 'cpu' has no device communicator (options.nccl needs backend 'cuda' and DeviceTensor inputs)");
+  if (!a.training) {
+    Status s = normalize(a, a.running_mean, a.running_var);
+    if (!s.ok()) return s;
+    for (float* o : {a.batch_mean, a.running_mean_out, a.saved_mean}) std::copy(a.running_mean, a.running_mean + C, o);
+    for (float* o : {a.batch_var, a.batch_var_biased, a.running_var_out}) std::copy(a.running_var, a.running_var + C, o);
+    for (int64_t c = 0; c < C; ++c)
+      a.saved_inv_std[c] = static_cast<float>(1.0 / std::sqrt(static_cast<double>(a.running_var[c]) + a.epsilon));
+    return Status::Ok();
+  }
+  // Synchronized: the caller exchanged the statistics; no pass over x for them.
+  if (a.whole_batch) return finish_training(a, a.whole_batch->count, a.whole_batch->mean, a.whole_batch->m2);
+  std::vector<double> mean64, m2;
+  std::vector<float> scratch;
+  try {
+    mean64.assign(uc, 0.0);
+    m2.assign(uc, 0.0);
+    scratch.assign(2 * uc, 0.0f);
+  } catch (const std::bad_alloc&) {
+    return Status::Error(Code::kOutOfMemory, "fusedBatchNorm: out of host memory for the statistics");
+  }
+  MomentsArgs m;
+  m.x = a.x;
+  m.shape = a.layout.shape;
+  m.reduce.assign(m.shape.size(), true);
+  m.reduce[static_cast<size_t>(a.layout.axis)] = false;
+  m.mean = scratch.data();
+  m.variance = scratch.data() + uc;
+  m.mean64 = mean64.data();
+  m.m2_64 = m2.data();
+  Status s = cpu_moments(m);
+  if (!s.ok()) return s;
+  return finish_training(a, static_cast<double>(a.layout.A * a.layout.B), mean64.data(), m2.data());
+}
+
 Status cpu_batch_norm_grad(const GradArgs& a) {
   const int64_t C = a.layout.C;
   const size_t uc = static_cast<size_t>(C);
+  if (a.nccl) return Status::Error(Code::kUnsupported, "batchNormalizationGrad: backend 'cpu' has no device communicator (options.nccl needs backend 'cuda' and DeviceTensor inputs)");
   std::vector<double> mu, s1, s2, g, ca, cb;
   try {
-    for (std::vector<double>* v : {&mu, &s1, &s2, &g, &ca, &cb}) v->assign(uc, 0.0);
+    for (std::vector<double>* v : {&mu, &g, &ca, &cb}) v->assign(uc, 0.0);
+    if (!a.whole_batch)
+      for (std::vector<double>* v : {&s1, &s2}) v->assign(uc, 0.0);
   } catch (const std::bad_alloc&) {
     return Status::Error(Code::kOutOfMemory, "batchNormalizationGrad: out of host memory for the channel sums");
   }
@@ -256,26 +270,43 @@ Status cpu_batch_norm_grad(const GradArgs& a) {
   p.C = C;
   p.B = a.layout.B;
   p.mean = mu.data();
-  Status s = cpu_channel_grad_sums(p, s1.data(), s2.data());
-  if (!s.ok()) return s;
+  // The sums dx needs (the whole batch's when synchronized) and the ones dscale/doffset
+  // are (always this shard's); without a whole batch both are this call's own.
+  const double* sum_dy = nullptr;
+  const double* sum_dy_xmu = nullptr;
+  const double* shard_sum_dy = nullptr;
+  const double* shard_sum_dy_xmu = nullptr;
+  double N = 0;
+  if (a.whole_batch) {
+    sum_dy = a.whole_batch->sum_dy;
+    sum_dy_xmu = a.whole_batch->sum_dy_xmu;
+    shard_sum_dy = a.whole_batch->shard_sum_dy;
+    shard_sum_dy_xmu = a.whole_batch->shard_sum_dy_xmu;
+    N = a.whole_batch->count;
+  } else {
+    Status s = cpu_channel_grad_sums(p, s1.data(), s2.data());
+    if (!s.ok()) return s;
+    sum_dy = shard_sum_dy = s1.data();
+    sum_dy_xmu = shard_sum_dy_xmu = s2.data();
+    N = static_cast<double>(a.layout.A * a.layout.B);
+  }
   // dx = g·(dy − a − (x − μ)·b): g = scale·invstd; training adds a = Σdy/N and
   // b = invstd²·Σdy(x − μ)/N (the two reduction terms of the batch statistics' gradient).
-  const double N = static_cast<double>(a.layout.A * a.layout.B);
   for (int64_t c = 0; c < C; ++c) {
     const double inv = static_cast<double>(a.saved_inv_std[c]);
     g[c] = (a.scale ? static_cast<double>(a.scale[c]) : 1.0) * inv;
     if (a.training && N > 0) {
-      ca[c] = s1[c] / N;
-      cb[c] = (inv * inv * s2[c]) / N;
+      ca[c] = sum_dy[c] / N;
+      cb[c] = (inv * inv * sum_dy_xmu[c]) / N;
     }
   }
   // The per-channel outputs are written after every input was read: they may not alias
   // an input (the binding checks), but dscale/doffset are written last regardless.
-  s = cpu_channel_grad_apply(p, g.data(), ca.data(), cb.data(), a.dx);
+  Status s = cpu_channel_grad_apply(p, g.data(), ca.data(), cb.data(), a.dx);
   if (!s.ok()) return s;
   for (int64_t c = 0; c < C; ++c) {
-    a.dscale[c] = static_cast<float>(static_cast<double>(a.saved_inv_std[c]) * s2[c]);
-    a.doffset[c] = static_cast<float>(s1[c]);
+    a.dscale[c] = static_cast<float>(static_cast<double>(a.saved_inv_std[c]) * shard_sum_dy_xmu[c]);
+    a.doffset[c] = static_cast<float>(shard_sum_dy[c]);
   }
   return Status::Ok();
 }

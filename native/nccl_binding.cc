@@ -7,7 +7,9 @@
 #include <cmath>
 #include <cstring>
 #include <memory>
+#include <mutex>
 #include <string>
+#include <unordered_set>
 
 #include "backend_api/nccl.h"
 #include "library_probe.h"
@@ -23,16 +25,28 @@ struct CommHandle {
   CommPtr comm;  // empty once destroyed
 };
 
+// Every live handle, so that another External (a DeviceTensor handle, say) passed where
+// a communicator is expected is refused instead of being taken for one.
+struct Registry {
+  std::mutex mu;
+  std::unordered_set<CommHandle*> live;
+};
+Registry& registry() {
+  static Registry* r = new Registry;
+  return *r;
+}
+
+CommHandle* unwrap(Napi::Value v) {
+  if (!v.IsExternal()) return nullptr;
+  CommHandle* h = v.As<Napi::External<CommHandle>>().Data();
+  Registry& r = registry();
+  std::lock_guard<std::mutex> lock(r.mu);
+  return r.live.count(h) ? h : nullptr;
+}
+
 [[noreturn]] void throw_type(Napi::Env env, const std::string& m) { throw Napi::TypeError::New(env, m); }
 [[noreturn]] void throw_range(Napi::Env env, const std::string& m) { throw Napi::RangeError::New(env, m); }
 [[noreturn]] void throw_status(Napi::Env env, const Status& s) { throw Napi::Error(env, status_error(env, s)); }
-
-CommPtr get_comm(Napi::Env env, Napi::Value v, const char* fn) {
-  if (!v.IsExternal()) throw_type(env, std::string(fn) + ": comm must be a communicator handle");
-  auto* h = v.As<Napi::External<CommHandle>>().Data();
-  if (!h || !h->comm) throw_type(env, std::string(fn) + ": the communicator was destroyed");
-  return h->comm;
-}
 
 // ncclProbe(path?) -> {loaded, version, path, reason}
 Napi::Value Probe(const Napi::CallbackInfo& info) { return library_probe(info, "ncclProbe", nccl::probe); }
@@ -55,7 +69,19 @@ struct InitCall {
   napi_value result(napi_env env) const {
     auto* h = new CommHandle{CommPtr(comm, nccl::comm_free)};
     comm = nullptr;
-    return Napi::External<CommHandle>::New(env, h, [](Napi::Env, CommHandle* p) { delete p; });
+    {
+      Registry& r = registry();
+      std::lock_guard<std::mutex> lock(r.mu);
+      r.live.insert(h);
+    }
+    return Napi::External<CommHandle>::New(env, h, [](Napi::Env, CommHandle* p) {
+      {
+        Registry& r = registry();
+        std::lock_guard<std::mutex> lock(r.mu);
+        r.live.erase(p);
+      }
+      delete p;
+    });
   }
   InitCall() = default;
   InitCall(InitCall&& o) noexcept : keep(std::move(o.keep)), size(o.size), rank(o.rank), comm(o.comm) {
@@ -118,7 +144,7 @@ Napi::Value Collective(const Napi::CallbackInfo& info, bool gather) {
   Napi::Env env = info.Env();
   const char* fn = gather ? "ncclAllGather" : "ncclAllReduce";
   CollectiveCall c;
-  c.comm = get_comm(env, info[0], fn);
+  c.comm = get_comm(env, info[0], fn, "comm");
   c.gather = gather;
   const double size = info[3].IsNumber() ? info[3].As<Napi::Number>().DoubleValue() : 0;
   if (!(size >= 1) || size != std::floor(size)) throw_range(env, std::string(fn) + ": size must be an integer >= 1");
@@ -156,9 +182,9 @@ Napi::Value AllGather(const Napi::CallbackInfo& info) { return Collective(info, 
 // the communicator is freed when the last in-flight call has ended.
 Napi::Value Destroy(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  if (!info[0].IsExternal()) throw_type(env, "ncclCommDestroy: comm must be a communicator handle");
-  auto* h = info[0].As<Napi::External<CommHandle>>().Data();
-  if (h && h->comm) {
+  CommHandle* h = unwrap(info[0]);
+  if (!h) throw_type(env, "ncclCommDestroy: comm must be a communicator handle");
+  if (h->comm) {
     if (info[1].ToBoolean()) nccl::comm_abort(h->comm.get());
     h->comm.reset();
   }
@@ -166,6 +192,13 @@ Napi::Value Destroy(const Napi::CallbackInfo& info) {
 }
 
 }  // namespace
+
+std::shared_ptr<nccl::Comm> get_comm(Napi::Env env, Napi::Value v, const char* fn, const char* name) {
+  CommHandle* h = unwrap(v);
+  if (!h) throw_type(env, std::string(fn) + ": " + name + " must be a communicator handle");
+  if (!h->comm) throw_type(env, std::string(fn) + ": " + name + " is a destroyed communicator");
+  return h->comm;
+}
 
 void register_nccl_functions(Napi::Env env, Napi::Object exports) {
   exports.Set("ncclProbe", Napi::Function::New(env, Probe, "ncclProbe"));

@@ -8,6 +8,8 @@
 #include <initializer_list>
 #include <iterator>
 #include <limits>
+#include <memory>
+#include <new>
 #include <string>
 #include <utility>
 #include <vector>
@@ -15,6 +17,7 @@
 #include "args.h"
 #include "async_work.h"
 #include "hostmem.h"
+#include "nccl_binding.h"
 #include "op_bindings.h"
 
 namespace bn {
@@ -166,106 +169,6 @@ BatchNormCall parse_batch_norm(const Napi::CallbackInfo& info) {
   return c;
 }
 
-// Backward pass of per-channel batch normalization (two kernels; see cpu_training.cc).
-struct GradSumsCall : OpCall<GradSumsCall> {
-  ChannelGradArgs args;
-  double* sum_dy = nullptr;
-  double* sum_dy_xmu = nullptr;
-  Status run() const { return run_channel_grad_sums(backend, args, sum_dy, sum_dy_xmu); }
-};
-
-struct GradApplyCall : OpCall<GradApplyCall> {
-  ChannelGradArgs args;
-  const double *g = nullptr, *a = nullptr, *b = nullptr;
-  float* dx = nullptr;
-  Status run() const {
-    if (backend == Backend::kCpu && dx != args.dy && dx != args.x)
-      advise_fresh_output(dx, static_cast<size_t>(args.A * args.C * args.B) * sizeof(float));
-    return run_channel_grad_apply(backend, args, g, a, b, dx);
-  }
-};
-
-// Common part: (dy, x, A, C, B, mean64) at argument positions 0..5.
-template <typename Call>
-void parse_channel_grad(const Napi::CallbackInfo& info, const char* fn, Call* c) {
-  Napi::Env env = info.Env();
-  F32 dy = get_f32(info, 0, fn, "dy", false);
-  F32 x = get_f32(info, 1, fn, "x", false);
-  c->args.A = get_count(info, 2, fn, "A");
-  c->args.C = get_count(info, 3, fn, "C");
-  c->args.B = get_count(info, 4, fn, "B");
-  const int64_t A = c->args.A, C = c->args.C, B = c->args.B;
-  if ((C != 0 && A > std::numeric_limits<int64_t>::max() / C) || (C * A != 0 && B > std::numeric_limits<int64_t>::max() / (A * C)))
-    range_error(env, std::string(fn) + ": A·C·B overflows");
-  if (static_cast<int64_t>(dy.length) != A * C * B || static_cast<int64_t>(x.length) != A * C * B)
-    range_error(env, std::string(fn) + ": dy and x must have A·C·B = " + std::to_string(A * C * B) + " elements");
-  if (dy.device || x.device)
-    type_error(env, std::string(fn) + ": channelGradSums/Apply take Float32Arrays (batchNormalizationGrad takes DeviceTensors)");
-  c->args.dy = dy.data;
-  c->args.x = x.data;
-  c->keep = {dy.value, x.value};
-  c->args.mean = get_f64(info, 5, fn, "mean", C, false, &c->keep);
-}
-
-// Every output of a gradient kernel against dy, x, mean, the extra inputs and each other.
-struct NamedRange {
-  const char* name;
-  const void* data;
-  size_t bytes;
-};
-void check_grad_outputs(Napi::Env env, const char* fn, const ChannelGradArgs& a,
-                        std::initializer_list<std::pair<const char*, const void*>> outs, size_t out_bytes,
-                        std::initializer_list<NamedRange> extra) {
-  const size_t n = static_cast<size_t>(a.A * a.C * a.B) * sizeof(float);
-  std::vector<NamedRange> ins = {{"dy", a.dy, n}, {"x", a.x, n}, {"mean", a.mean, static_cast<size_t>(a.C) * sizeof(double)}};
-  ins.insert(ins.end(), extra.begin(), extra.end());
-  for (auto o = outs.begin(); o != outs.end(); ++o) {
-    for (const NamedRange& in : ins) check_disjoint(env, fn, o->first, o->second, out_bytes, in.name, in.data, in.bytes);
-    for (auto p = std::next(o); p != outs.end(); ++p)
-      check_disjoint(env, fn, o->first, o->second, out_bytes, p->first, p->second, out_bytes);
-  }
-}
-
-// channelGradSums(dy, x, A, C, B, mean64, outSumDy, outSumDyXmu, backend)
-GradSumsCall parse_grad_sums(const Napi::CallbackInfo& info) {
-  const char* fn = "batchNormalizationGrad";
-  if (info.Length() < 9) type_error(info.Env(), "channelGradSums: expected 9 arguments");
-  GradSumsCall c;
-  parse_channel_grad(info, fn, &c);
-  c.sum_dy = get_f64(info, 6, fn, "outSumDy", c.args.C, false, &c.keep);
-  c.sum_dy_xmu = get_f64(info, 7, fn, "outSumDyXmu", c.args.C, false, &c.keep);
-  check_grad_outputs(info.Env(), fn, c.args, {{"outSumDy", c.sum_dy}, {"outSumDyXmu", c.sum_dy_xmu}},
-                     static_cast<size_t>(c.args.C) * sizeof(double), {});
-  std::string why;
-  Status s = select_backend(Op::kTraining, get_backend(info, 8), &c.backend, &why);
-  if (!s.ok()) throw_status(info.Env(), s);
-  return c;
-}
-
-// channelGradApply(dy, x, A, C, B, mean64, g, a, b, dx, backend)
-GradApplyCall parse_grad_apply(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  const char* fn = "batchNormalizationGrad";
-  if (info.Length() < 11) type_error(env, "channelGradApply: expected 11 arguments");
-  GradApplyCall c;
-  parse_channel_grad(info, fn, &c);
-  c.g = get_f64(info, 6, fn, "g", c.args.C, false, &c.keep);
-  c.a = get_f64(info, 7, fn, "a", c.args.C, false, &c.keep);
-  c.b = get_f64(info, 8, fn, "b", c.args.C, false, &c.keep);
-  F32 dx = get_f32(info, 9, fn, "dx", false);
-  if (dx.device) type_error(env, std::string(fn) + ": dx must be a Float32Array");
-  if (static_cast<int64_t>(dx.length) != c.args.A * c.args.C * c.args.B)
-    range_error(env, "batchNormalizationGrad: dx must have A·C·B elements");
-  c.dx = dx.data;
-  c.keep.push_back(dx.value);
-  const size_t cb = static_cast<size_t>(c.args.C) * sizeof(double);
-  check_grad_outputs(env, fn, c.args, {{"dx", dx.data}}, dx.bytes(), {{"g", c.g, cb}, {"a", c.a, cb}, {"b", c.b, cb}});
-  std::string why;
-  Status s = select_backend(Op::kTraining, get_backend(info, 10), &c.backend, &why);
-  if (!s.ok()) throw_status(env, s);
-  return c;
-}
-
 // ---- fusedBatchNorm and batchNormalizationGrad: one options object per call ----------
 
 // A per-channel layout from options.shape and options.axis: x viewed as [A, C, B].
@@ -306,6 +209,13 @@ class Operands {
     F32 a = take(key, n, false, c);
     outs_.push_back({key, a.data, a.bytes(), in_place_of});
     return a.data;
+  }
+  // A float64 output (host memory): checked with the others by check_disjoint_outputs.
+  template <typename Call>
+  double* output_f64(const char* key, int64_t n, Call* c) {
+    double* d = attr_f64(o_, fn_, key, n, &c->keep);
+    outs_.push_back({key, d, static_cast<size_t>(n) * sizeof(double), nullptr});
+    return d;
   }
   // Every output against every input (an output may be exactly the input it names as
   // in_place_of) and against the other outputs.
@@ -362,8 +272,72 @@ class Operands {
   std::vector<Range> outs_;
 };
 
+// The synchronized inputs of a training call. options.wholeBatch (host data) is copied
+// into the call: C numbers per array, and afterwards neither the caller's later writes
+// nor an output sharing their memory can change what the kernels read. options.nccl
+// (DeviceTensors) is the communicator, held until the call ends. The args point here;
+// the call owns it through a shared_ptr, so moving the call keeps the pointers valid.
+struct SyncInputs {
+  std::vector<double> data;  // the wholeBatch arrays, back to back
+  WholeBatchStats stats;
+  WholeBatchGradSums sums;
+  std::shared_ptr<nccl::Comm> comm;
+};
+
+bool present(const Napi::Value& v) { return !(v.IsEmpty() || v.IsNull() || v.IsUndefined()); }
+
+// options.wholeBatch / options.nccl of a training call whose tensors live in device memory
+// or not; null when neither is given. `arrays` are wholeBatch's float64 keys, C each.
+std::shared_ptr<SyncInputs> read_sync(Napi::Object o, const char* fn, bool training, bool device, int64_t C,
+                                      std::initializer_list<const char*> arrays) {
+  Napi::Env env = o.Env();
+  const std::string f(fn);
+  Napi::Value wb = o.Get("wholeBatch"), nc = o.Get("nccl");
+  if (!present(wb) && !present(nc)) return nullptr;
+  if (present(wb) && present(nc))
+    type_error(env, f + ": options.wholeBatch and options.nccl exclude each other (host data takes wholeBatch, "
+                        "DeviceTensors take nccl)");
+  const char* key = present(wb) ? "options.wholeBatch" : "options.nccl";
+  if (!training) range_error(env, f + ": " + key + " is for training only (options.isTraining is false)");
+  auto s = std::make_shared<SyncInputs>();
+  if (present(nc)) {
+    if (!device)
+      type_error(env, f + ": options.nccl needs DeviceTensor inputs (a device communicator); host data takes "
+                          "options.wholeBatch");
+    s->comm = get_comm(env, nc, fn, "options.nccl");
+    return s;
+  }
+  if (device)
+    type_error(env, f + ": options.wholeBatch takes host data; with DeviceTensor inputs the ranks exchange the "
+                        "statistics through options.nccl");
+  if (!wb.IsObject() || wb.IsArray() || wb.IsTypedArray() || wb.IsFunction())
+    type_error(env, f + ": options.wholeBatch must be an object of float64 per-channel sums or null");
+  Napi::Object w = wb.As<Napi::Object>();
+  Napi::Value cv = w.Get("count");
+  if (!cv.IsNumber()) type_error(env, f + ": options.wholeBatch.count must be a number");
+  const double count = cv.As<Napi::Number>().DoubleValue();
+  if (!(count >= 0) || count != std::floor(count) || count > 9007199254740991.0)
+    range_error(env, f + ": options.wholeBatch.count must be an integer >= 0");
+  const size_t uc = static_cast<size_t>(C);
+  s->data.reserve(arrays.size() * uc);
+  for (const char* k : arrays) {
+    const std::string name = std::string("options.wholeBatch.") + k;
+    const double* p = read_f64(env, w.Get(k), fn, name.c_str(), C, false, nullptr);
+    s->data.insert(s->data.end(), p, p + C);
+  }
+  const double* d = s->data.data();
+  auto at = [&](size_t i) { return d + i * uc; };
+  if (arrays.size() == 2) {
+    s->stats = {count, at(0), at(1)};
+  } else {
+    s->sums = {count, at(0), at(1), at(2), at(3)};
+  }
+  return s;
+}
+
 struct FusedCall : OpCall<FusedCall> {
   FusedArgs args;
+  std::shared_ptr<SyncInputs> sync;
   Status run() const {
     if (backend == Backend::kCpu && args.y != args.x)
       advise_fresh_output(args.y, static_cast<size_t>(numel(args.layout.shape)) * sizeof(float));
@@ -373,6 +347,7 @@ struct FusedCall : OpCall<FusedCall> {
 
 struct GradCall : OpCall<GradCall> {
   GradArgs args;
+  std::shared_ptr<SyncInputs> sync;
   Status run() const {
     if (backend == Backend::kCpu)
       advise_fresh_output(args.dx, static_cast<size_t>(numel(args.layout.shape)) * sizeof(float));
@@ -380,18 +355,20 @@ struct GradCall : OpCall<GradCall> {
   }
 };
 
-CallInfo training_call(const ChannelLayout& l, double eps, bool training) {
+CallInfo training_call(const ChannelLayout& l, double eps, bool training, bool synchronized) {
   CallInfo call;
   call.shape = l.shape;
   call.channel_axis = l.axis;
   call.epsilon = eps;
   call.training = training;
+  call.synchronized = synchronized;
   return call;
 }
 
 // fusedBatchNorm({x, shape, axis, scale, offset, mean, variance, epsilon,
 //   exponentialAvgFactor, isTraining, backend, y, batchMean, batchVariance,
-//   batchVarianceBiased, runningMean, runningVariance, savedMean, savedInvStd})
+//   batchVarianceBiased, runningMean, runningVariance, savedMean, savedInvStd,
+//   wholeBatch?: {count, mean, m2}, nccl?})
 FusedCall parse_fused(const Napi::CallbackInfo& info) {
   const char* fn = "fusedBatchNorm";
   Napi::Env env = info.Env();
@@ -423,7 +400,12 @@ FusedCall parse_fused(const Napi::CallbackInfo& info) {
   p.check_disjoint_outputs();
   a.mem = p.device() ? Memory::kDevice : Memory::kHost;
   c.device_only = p.device();
-  const CallInfo call = training_call(a.layout, a.epsilon, a.training);
+  c.sync = read_sync(o, fn, a.training, p.device(), C, {"mean", "m2"});
+  if (c.sync) {
+    a.whole_batch = c.sync->comm ? nullptr : &c.sync->stats;
+    a.nccl = c.sync->comm.get();
+  }
+  const CallInfo call = training_call(a.layout, a.epsilon, a.training, c.sync != nullptr);
   std::string why;
   Status s = select_backend(Op::kFusedForward, attr_backend(o, fn), &c.backend, &why, a.mem, &call);
   if (!s.ok()) throw_status(env, s);
@@ -431,7 +413,8 @@ FusedCall parse_fused(const Napi::CallbackInfo& info) {
 }
 
 // batchNormalizationGrad({dy, x, shape, axis, scale, savedMean, savedInvStd, epsilon,
-//   isTraining, backend, dx, dscale, doffset})
+//   isTraining, backend, dx, dscale, doffset,
+//   wholeBatch?: {count, sumDy, sumDyXmu, shardSumDy, shardSumDyXmu}, nccl?})
 GradCall parse_grad(const Napi::CallbackInfo& info) {
   const char* fn = "batchNormalizationGrad";
   Napi::Env env = info.Env();
@@ -455,9 +438,61 @@ GradCall parse_grad(const Napi::CallbackInfo& info) {
   p.check_disjoint_outputs();
   a.mem = p.device() ? Memory::kDevice : Memory::kHost;
   c.device_only = p.device();
-  const CallInfo call = training_call(a.layout, a.epsilon, a.training);
+  c.sync = read_sync(o, fn, a.training, p.device(), C, {"sumDy", "sumDyXmu", "shardSumDy", "shardSumDyXmu"});
+  if (c.sync) {
+    a.whole_batch = c.sync->comm ? nullptr : &c.sync->sums;
+    a.nccl = c.sync->comm.get();
+  }
+  const CallInfo call = training_call(a.layout, a.epsilon, a.training, c.sync != nullptr);
   std::string why;
   Status s = select_backend(Op::kFusedBackward, attr_backend(o, fn), &c.backend, &why, a.mem, &call);
+  if (!s.ok()) throw_status(env, s);
+  return c;
+}
+
+// A shard's backward sums (the synchronized backward all-reduces them): per channel,
+// Σdy and Σdy·(x − μ) in float64, with μ = savedMean as batchNormalizationGrad forms it.
+struct GradSumsCall : OpCall<GradSumsCall> {
+  ChannelGradArgs args;  // mean: set in run()
+  const float* saved_mean = nullptr;
+  double* sum_dy = nullptr;
+  double* sum_dy_xmu = nullptr;
+  Status run() const {
+    std::vector<double> mu;
+    try {
+      mu.assign(saved_mean, saved_mean + args.C);
+    } catch (const std::bad_alloc&) {
+      return Status::Error(Code::kOutOfMemory, "channelGradSums: out of host memory for the channel means");
+    }
+    ChannelGradArgs p = args;
+    p.mean = mu.data();
+    return run_channel_grad_sums(backend, p, sum_dy, sum_dy_xmu);
+  }
+};
+
+// channelGradSums({dy, x, shape, axis, savedMean, backend, sumDy, sumDyXmu}): host data.
+GradSumsCall parse_grad_sums(const Napi::CallbackInfo& info) {
+  const char* fn = "channelGradSums";
+  Napi::Env env = info.Env();
+  Napi::Object o = get_options(info, fn);
+  GradSumsCall c;
+  const ChannelLayout l = attr_layout(o, fn);
+  const int64_t n = numel(l.shape), C = l.C;
+  Operands p(o, fn);
+  c.args.dy = p.input("dy", n, false, &c);
+  c.args.x = p.input("x", n, false, &c);
+  c.saved_mean = p.input("savedMean", C, false, &c);
+  if (p.device())
+    type_error(env, "channelGradSums: options.dy, options.x and options.savedMean must be Float32Arrays "
+                    "(DeviceTensors synchronize through batchNormalizationGrad's options.nccl)");
+  c.sum_dy = p.output_f64("sumDy", C, &c);
+  c.sum_dy_xmu = p.output_f64("sumDyXmu", C, &c);
+  p.check_disjoint_outputs();
+  c.args.A = l.A;
+  c.args.C = C;
+  c.args.B = l.B;
+  std::string why;
+  Status s = select_backend(Op::kTraining, attr_backend(o, fn), &c.backend, &why);
   if (!s.ok()) throw_status(env, s);
   return c;
 }
@@ -496,8 +531,6 @@ void register_op_functions(Napi::Env env, Napi::Object exports) {
   add("batchNormalizationGradAsync", Async<GradCall, parse_grad>);
   add("channelGradSums", Sync<GradSumsCall, parse_grad_sums>);
   add("channelGradSumsAsync", Async<GradSumsCall, parse_grad_sums>);
-  add("channelGradApply", Sync<GradApplyCall, parse_grad_apply>);
-  add("channelGradApplyAsync", Async<GradApplyCall, parse_grad_apply>);
   add("opCalls", OpCalls);
 }
 

@@ -5,7 +5,7 @@
 namespace bn {
 
 // moments, batchNormalization, fusedBatchNorm, batchNormalizationGrad (each with its
-// Async twin), the channel gradient building blocks and the call counter opCalls.
+// Async twin), the synchronized backward's channelGradSums and the call counter opCalls.
 void register_op_functions(Napi::Env env, Napi::Object exports);
 
 }  // namespace bn
