@@ -2,7 +2,7 @@
 // (TF FusedBatchNormV3 semantics) and its backward pass. Each op is planned once here, for
 // host and device data alike, and crosses into native code in one call with one options
 // object; the native dispatcher picks the backend, whose code does the bookkeeping.
-import type { BackendCode, F32OrDevice } from '../binding';
+import type { BackendCode, BatchNormGradCall, F32OrDevice, FusedBatchNormCall } from '../binding';
 import { native } from './binding';
 import { backendCode, type BackendChoice } from './backend';
 import { withCallerStack } from './errors';
@@ -373,24 +373,45 @@ export async function fusedBatchNormAsync(
   if (wantsSync(options)) return (await syncFusedBatchNorm('fusedBatchNormAsync', x, scale, offset, options)).result;
   const fn = 'fusedBatchNormAsync';
   const site = new Error();
-  let failed = true;
-  let p: FusedPlan | null = null;
   try {
-    p = planFused(fn, x, scale, offset, options);
-    // Host data: the worker reads fixed copies of resizable inputs and writes library
-    // memory; the caller's out gets y on the JS thread at the end.
-    if (!p.ops.device) {
-      const xt = p.x as Tensor;
-      p.x = { data: fixedInput(xt.data), shape: xt.shape };
-      for (const k of ['scale', 'offset', 'runMean', 'runVar'] as const) {
-        const v = p[k];
-        if (v instanceof Float32Array) p[k] = fixedInput(v);
-      }
-    }
+    return await runFusedAsync(fn, planFused(fn, x, scale, offset, options));
+  } catch (e) {
+    throw withCallerStack(e, site);
+  }
+}
+
+/**
+ * Host data of an async call: the worker reads fixed copies of resizable inputs (taken
+ * once, so that calls made one after another on the same plan read the same values).
+ */
+export function fixFusedInputs(p: FusedPlan): void {
+  if (p.ops.device) return;
+  const xt = p.x as Tensor;
+  p.x = { data: fixedInput(xt.data), shape: xt.shape };
+  for (const k of ['scale', 'offset', 'runMean', 'runVar'] as const) {
+    const v = p[k];
+    if (v instanceof Float32Array) p[k] = fixedInput(v);
+  }
+}
+
+/**
+ * Issues a planned fusedBatchNorm's one native call. `issue` sends the options object
+ * (the synchronized ops add their fields, or queue it on a communicator); by default
+ * native.fusedBatchNormAsync. Temporaries go once the call is queued.
+ */
+export async function runFusedAsync(
+  fn: string, p: FusedPlan, issue?: (o: FusedBatchNormCall) => Promise<unknown>,
+): Promise<FusedBatchNormResult | DeviceFusedBatchNormResult> {
+  let failed = true;
+  try {
+    fixFusedInputs(p);
+    // Host data: the worker writes library memory; the caller's out gets y on the JS thread at the end.
     const y = p.ops.device ? null : p.out !== undefined ? AsyncOutput.into(fn, 'options.out', p.out) : AsyncOutput.fresh(fn, 'y', product(p.view.shape));
     const r = fusedOutputs(p, y ? y.target : p.ops.output(p.view.shape));
-    const call = native.fusedBatchNormAsync(fusedCall(p, r.y, r));
-    p.ops.done(false);  // queued: temporaries can go (stream order)
+    const o = fusedCall(p, r.y, r);
+    // A custom issue may start the call later (a communicator's queue): temporaries stay until it settles.
+    const call = issue ? issue(o) : native.fusedBatchNormAsync(o);
+    if (!issue) p.ops.done(false);  // queued: temporaries can go (stream order)
     failed = false;
     try {
       await call;
@@ -398,10 +419,11 @@ export async function fusedBatchNormAsync(
       p.ops.done(true);
       throw e;
     }
+    p.ops.done(false);
     return fusedResult(p, r, y ? await y.deliver() : undefined);
   } catch (e) {
-    if (failed) p?.ops.done(true);
-    throw withCallerStack(e, site);
+    if (failed) p.ops.done(true);
+    throw e;
   }
 }
 
@@ -551,27 +573,41 @@ export async function batchNormalizationGradAsync(
   if (wantsSync(options)) return syncBatchNormGrad('batchNormalizationGradAsync', dy, x, scale, saved, options);
   const fn = 'batchNormalizationGradAsync';
   const site = new Error();
-  let failed = true;
-  let p: GradPlan | null = null;
   try {
-    p = planGrad(fn, dy, x, scale, saved, options);
-    if (!p.ops.device) {
-      for (const k of ['dy', 'x'] as const) {
-        const t = p[k] as Tensor;
-        p[k] = { data: fixedInput(t.data), shape: t.shape };
-      }
-      for (const k of ['scale', 'mean', 'invStd'] as const) {
-        const v = p[k];
-        if (v instanceof Float32Array) (p as unknown as Record<string, unknown>)[k] = fixedInput(v);
-      }
-    }
+    return await runGradAsync(fn, planGrad(fn, dy, x, scale, saved, options));
+  } catch (e) {
+    throw withCallerStack(e, site);
+  }
+}
+
+/** Host data of an async call: fixed copies of resizable inputs, taken once (as fixFusedInputs). */
+export function fixGradInputs(p: GradPlan): void {
+  if (p.ops.device) return;
+  for (const k of ['dy', 'x'] as const) {
+    const t = p[k] as Tensor;
+    p[k] = { data: fixedInput(t.data), shape: t.shape };
+  }
+  for (const k of ['scale', 'mean', 'invStd'] as const) {
+    const v = p[k];
+    if (v instanceof Float32Array) (p as unknown as Record<string, unknown>)[k] = fixedInput(v);
+  }
+}
+
+/** Issues a planned batchNormalizationGrad's one native call (`issue` as in runFusedAsync). */
+export async function runGradAsync(
+  fn: string, p: GradPlan, issue?: (o: BatchNormGradCall) => Promise<unknown>,
+): Promise<BatchNormGrads | DeviceBatchNormGrads> {
+  let failed = true;
+  try {
+    fixGradInputs(p);
     const n = p.view.A * p.view.C * p.view.B;
     const dxo = p.ops.device ? null : p.out ? AsyncOutput.into(fn, 'options.out', p.out) : AsyncOutput.fresh(fn, 'dx', n);
     const dx = dxo ? dxo.target : p.ops.output(p.view.shape);
     const dscale = p.ops.output([p.view.C]);
     const doffset = p.ops.output([p.view.C]);
-    const call = native.batchNormalizationGradAsync(gradCall(p, dx, dscale, doffset));
-    p.ops.done(false);
+    const o = gradCall(p, dx, dscale, doffset);
+    const call = issue ? issue(o) : native.batchNormalizationGradAsync(o);
+    if (!issue) p.ops.done(false);
     failed = false;
     try {
       await call;
@@ -579,10 +615,11 @@ export async function batchNormalizationGradAsync(
       p.ops.done(true);
       throw e;
     }
+    p.ops.done(false);
     return gradResult(p, dxo ? await dxo.deliver() : dx, dscale, doffset);
   } catch (e) {
-    if (failed) p?.ops.done(true);
-    throw withCallerStack(e, site);
+    if (failed) p.ops.done(true);
+    throw e;
   }
 }
 

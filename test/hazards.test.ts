@@ -291,10 +291,14 @@ describe('overlap is judged by memory, for every op and output', () => {
     const mean = alias(70, 1);
     assert.throws(() => native.batchNormalization(x, [64], mean, [1], new Float32Array([1]), [1], null, [], null, [], 0, new Float32Array(sab, 4 * 32, 64), [64], 0),
       { name: 'RangeError', message: /out overlaps/ });
-    const m64 = new Float64Array(8);
-    assert.throws(() => native.channelGradApply(x, new Float32Array(64), 8, 8, 1, m64, new Float64Array(8), new Float64Array(8), new Float64Array(8), alias(0, 64), 0),
-      { name: 'RangeError', message: /batchNormalizationGrad: dx overlaps dy/ });
-    assert.throws(() => native.channelGradSums(x, x, 8, 8, 1, m64, m64, new Float64Array(8), 0), { name: 'RangeError', message: /outSumDy overlaps mean/ });
+    const sums = (sumDy: Float64Array, sumDyXmu: Float64Array, savedMean: Float32Array<ArrayBufferLike> = new Float32Array(8)) => ({
+      dy: x, x: new Float32Array(64), shape: [8, 8], axis: 1, savedMean, backend: 0 as const, sumDy, sumDyXmu,
+    });
+    const f64 = (off: number) => new Float64Array(sameMemoryOtherObject(sab), 8 * off, 8);
+    assert.throws(() => native.channelGradSums(sums(f64(2), new Float64Array(8))), { name: 'RangeError', message: /channelGradSums: options\.sumDy overlaps options\.dy in memory/ });
+    assert.throws(() => native.channelGradSums(sums(new Float64Array(8), f64(40), alias(80, 8))),
+      { name: 'RangeError', message: /channelGradSums: options\.sumDyXmu overlaps options\.savedMean in memory/ });
+    assert.throws(() => native.channelGradSums(sums(f64(36), f64(38))), { name: 'RangeError', message: /options\.sumDy overlaps options\.sumDyXmu/ });
   });
 
   it('memoryRelation compares addresses', () => {

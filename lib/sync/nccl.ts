@@ -131,6 +131,15 @@ export class NcclCommunicator implements Communicator {
     return this.#device('allReduceDevice', data, data.shape.slice(), native.ncclAllReduceAsync);
   }
 
+  /**
+   * @internal Runs `start` with the communicator's handle in this rank's collective order:
+   * the synchronized training ops on DeviceTensors pass it to the native op, whose
+   * collectives must be issued in the same order on every rank as this object's own.
+   */
+  withHandle<T>(fn: string, start: (h: NcclCommHandle) => Promise<T>): Promise<T> {
+    return this.#run(fn, start);
+  }
+
   /** ncclCommAbort: in-flight and later collectives reject with `reason`. */
   abort(reason: unknown): void {
     this.#failure ??= new CollectiveError(`NCCL communicator aborted on rank ${this.rank}: ${reason instanceof Error ? reason.message : String(reason)}`,
@@ -160,12 +169,12 @@ export class NcclCommunicator implements Communicator {
   }
 
   // NCCL needs every rank to issue collectives in the same order: one at a time, in call order.
-  #run(fn: string, start: (h: NcclCommHandle) => Promise<void>): Promise<void> {
+  #run<T>(fn: string, start: (h: NcclCommHandle) => Promise<T>): Promise<T> {
     const site = new Error();
     const run = this.#tail.then(async () => {
       if (this.#failure || !this.#handle) throw this.#failure ?? new CollectiveError(`${fn}: the communicator was destroyed`, 'ERR_COLLECTIVE_ABORTED');
       try {
-        await start(this.#handle);
+        return await start(this.#handle);
       } catch (e) {
         throw withCallerStack(this.#failure ?? e, site);
       }

@@ -1,100 +1,30 @@
-// Synchronized batch normalization (PyTorch SyncBatchNorm semantics) on host tensors:
-// each rank holds a shard of the batch, and the ops exchange only per-channel numbers.
-//   forward:  gather (count, mean, M2) of every shard in float64, merge them in rank order
-//             with Chan et al.'s update (exact, deterministic), normalize with the global
-//             statistics, update the running statistics with the global unbiased variance;
-//   backward: all-reduce Σdy and Σdy·(x − μ) per channel (and the count), then apply dx
-//             locally. dscale/doffset stay the shard's own sums, as in PyTorch: summing
-//             them over the ranks (what data-parallel training does with every parameter
-//             gradient) gives the whole batch's.
-// Shards may have different batch sizes, including 0. Every piece is an existing local
-// primitive; only the exchange is new.
-import { backendCode } from '../backend';
+// Synchronized batch normalization (PyTorch SyncBatchNorm semantics): each rank holds a
+// shard of the batch, and the ops exchange only per-channel numbers. The native training
+// ops do the work and the bookkeeping; this file is the exchange.
+//   forward:  each shard's (count, mean, M2) in float64 (native moments), gathered and
+//             merged in rank order with Chan et al.'s update (exact, deterministic), then
+//             one native fusedBatchNorm with those whole-batch statistics (wholeBatch);
+//   backward: each shard's Σdy and Σdy·(x − μ) per channel (native channelGradSums),
+//             all-reduced with the count, then one native batchNormalizationGrad with the
+//             whole batch's sums for dx and the shard's own for dscale/doffset, as in
+//             PyTorch: summing those over the ranks (what data-parallel training does with
+//             every parameter gradient) gives the whole batch's.
+// DeviceTensors with an NcclCommunicator: one native call that exchanges on the device
+// (nccl); no numbers pass through JavaScript.
+// Shards may have different batch sizes, including 0.
+import type { NcclCommHandle } from '../../binding';
 import { native } from '../binding';
 import { DeviceTensor } from '../device';
 import { BackendError, withCallerStack } from '../errors';
-import { batchNormalizationAsync, planMoments, type Moments, type MomentsOptions } from '../ops';
-import { AsyncOutput, fixedInput, product, type Tensor } from '../tensor';
+import { planMoments, type Moments, type MomentsOptions } from '../ops';
+import { fixedInput, product, type Tensor } from '../tensor';
 import {
-  batchNormalizationGradAsync, fusedBatchNormAsync, mergeMoments, planFused, planGrad,
-  type BatchNormGradOptions, type BatchNormGrads, type FusedBatchNormOptions, type FusedBatchNormResult,
-  type FusedPlan, type GradPlan, type SufficientStatistics,
+  fixFusedInputs, fixGradInputs, mergeMoments, planFused, planGrad,
+  runFusedAsync, runGradAsync, type BatchNormGradOptions, type BatchNormGrads, type DeviceBatchNormGrads,
+  type DeviceFusedBatchNormResult, type FusedBatchNormOptions, type FusedBatchNormResult, type SufficientStatistics,
 } from '../training';
 import { abortGroup, checkCommunicator, collective, type Communicator } from './communicator';
-
-
-// ---- the bookkeeping of the whole batch's statistics ----------------------------------
-// The local ops do this in the backend's native code; here the statistics come from the
-// ranks' exchange, so the same float64 arithmetic and float32 roundings are applied to
-// the merged values (the results equal the local op's when there is one rank).
-
-interface Stats {
-  mean: Float32Array;
-  varBiased: Float32Array;
-  varUnbiased: Float32Array;
-}
-
-/** Plans of synchronized calls hold host data only (rejectDevice ran first). */
-function host(v: Float32Array | DeviceTensor | null): Float32Array | null {
-  return v as Float32Array | null;
-}
-
-function statsFrom(mean64: Float64Array, m2: Float64Array, n: number): Stats {
-  const bessel = Math.max(n - 1, 1);
-  return {
-    mean: Float32Array.from(mean64),
-    varBiased: Float32Array.from(m2, (v) => v / n),
-    varUnbiased: Float32Array.from(m2, (v) => v / bessel),
-  };
-}
-
-function finishFused(p: FusedPlan, y: Tensor, s: Stats): FusedBatchNormResult {
-  const C = p.view.C;
-  const vec = (data: Float32Array): Tensor => ({ data, shape: [C] });
-  const f = p.f;
-  const runMean = host(p.runMean);
-  const runVar = host(p.runVar);
-  const runningMean = Float32Array.from(s.mean, (m, c) => (f === 1 ? m : (1 - f) * runMean![c] + f * m));
-  const runningVariance = Float32Array.from(s.varUnbiased, (v, c) => (f === 1 ? v : (1 - f) * runVar![c] + f * v));
-  return {
-    y, batchMean: vec(s.mean), batchVariance: vec(s.varUnbiased), batchVarianceBiased: vec(s.varBiased),
-    runningMean: vec(runningMean), runningVariance: vec(runningVariance),
-    savedMean: vec(s.mean.slice()), savedInvStd: vec(Float32Array.from(s.varBiased, (v) => 1 / Math.sqrt(v + p.eps))),
-  };
-}
-
-function paramTensor(p: FusedPlan, data: Float32Array | DeviceTensor | null): Tensor | null {
-  return data ? { data: data as Float32Array, shape: p.view.paramShape } : null;
-}
-
-/** channelGradSums/Apply's leading arguments: dy, x as [A, C, B] and μ in float64. */
-function channelArgs(p: GradPlan): [Float32Array, Float32Array, number, number, number, Float64Array] {
-  return [fixedInput((p.dy as Tensor).data), fixedInput((p.x as Tensor).data), p.view.A, p.view.C, p.view.B,
-    Float64Array.from(p.mean as Float32Array)];
-}
-
-/** Per-channel coefficients of dx = g·(dy − a − (x − μ)·b), and dscale/doffset. */
-function gradCoefficients(p: GradPlan, s1: Float64Array, s2: Float64Array, N: number) {
-  const C = p.view.C;
-  const invStd = p.invStd as Float32Array;
-  const scale = host(p.scale);
-  const g = new Float64Array(C);
-  const a = new Float64Array(C);
-  const b = new Float64Array(C);
-  const dscale = new Float32Array(C);
-  const doffset = new Float32Array(C);
-  for (let c = 0; c < C; c++) {
-    const inv = invStd[c];
-    g[c] = (scale ? scale[c] : 1) * inv;
-    if (p.training && N > 0) {
-      a[c] = s1[c] / N;
-      b[c] = (inv * inv * s2[c]) / N;
-    }
-    dscale[c] = inv * s2[c]; // Σ dy·x̂
-    doffset[c] = s1[c];
-  }
-  return { g, a, b, dscale, doffset };
-}
+import { NcclCommunicator } from './nccl';
 
 /** Whether a public op's options ask for synchronization. */
 export function wantsSync(options: unknown): boolean {
@@ -121,9 +51,21 @@ function splitSync<T extends object>(fn: string, options: unknown): { comm: Comm
 
 function rejectDevice(fn: string, ...tensors: unknown[]): void {
   if (tensors.some((t) => t instanceof DeviceTensor)) {
-    throw new BackendError(`${fn}: options.sync takes host tensors; synchronized statistics of DeviceTensors need device ` +
-      `collectives inside the device training ops, which they do not have: download() the shard first`, 'ERR_UNSUPPORTED');
+    throw new BackendError(`${fn}: options.sync takes host tensors here: moments has no device communicator path; ` +
+      'download() the shard first', 'ERR_UNSUPPORTED');
   }
+}
+
+/**
+ * The fused ops' device path: DeviceTensor inputs synchronize inside the native op, over
+ * an NcclCommunicator's device communicator. Any other communicator exchanges host
+ * arrays, which device data would have to cross PCIe for: ERR_UNSUPPORTED.
+ */
+function deviceCommunicator(fn: string, comm: Communicator, device: boolean): NcclCommunicator | null {
+  if (!device) return null;
+  if (comm instanceof NcclCommunicator) return comm;
+  throw new BackendError(`${fn}: DeviceTensor inputs with options.sync need a device communicator (NcclCommunicator): ` +
+    'the statistics are exchanged on the GPU inside the op; this communicator exchanges host Float64Arrays', 'ERR_UNSUPPORTED');
 }
 
 // The ranks hold shards of the batch, axis 0; it cannot be the channel axis.
@@ -200,33 +142,50 @@ export async function syncMoments(fn: string, x: unknown, axes: unknown, options
 /**
  * fusedBatchNormAsync with options.sync. Training: statistics of the whole batch; the
  * result is FusedBatchNormResult of the global statistics, `count` the whole batch's
- * per-channel count. Inference: the running statistics, no exchange.
+ * per-channel count (host data; for DeviceTensors the op keeps it on the device: null).
+ * Inference: the running statistics, no exchange (any communicator, any data).
  */
 export async function syncFusedBatchNorm(
+  fn: string, x: Tensor, scale: unknown, offset: unknown, options: unknown,
+): Promise<{ result: FusedBatchNormResult; count: number }>;
+export async function syncFusedBatchNorm(
   fn: string, x: unknown, scale: unknown, offset: unknown, options: unknown,
-): Promise<{ result: FusedBatchNormResult; count: number }> {
+): Promise<{ result: FusedBatchNormResult | DeviceFusedBatchNormResult; count: number | null }>;
+export async function syncFusedBatchNorm(
+  fn: string, x: unknown, scale: unknown, offset: unknown, options: unknown,
+): Promise<{ result: FusedBatchNormResult | DeviceFusedBatchNormResult; count: number | null }> {
   const site = new Error();
   const { comm, rest } = splitSync<FusedBatchNormOptions>(fn, options);
   return asRank(fn, comm, site, async () => {
-    rejectDevice(fn, x, scale, offset, rest.mean, rest.variance);
     const p = planFused(fn, x, scale, offset, rest);
-    checkBatchAxis(fn, p.view.axis);
-    if (!p.training) {
-      const result = await fusedBatchNormAsync(x as Tensor, scale as Float32Array | null, offset as Float32Array | null, rest);
-      return { result, count: p.view.n };
+    let started = false;
+    try {
+      checkBatchAxis(fn, p.view.axis);
+      if (!p.training) {
+        started = true;
+        return { result: await runFusedAsync(fn, p), count: p.view.n };
+      }
+      const nccl = deviceCommunicator(fn, comm, p.ops.device);
+      if (nccl) {
+        started = true;
+        const result = await runFusedAsync(fn, p, (o) => nccl.withHandle(fn, (h: NcclCommHandle) => native.fusedBatchNormAsync({ ...o, nccl: h })));
+        return { result, count: null };
+      }
+      const C = p.view.C;
+      fixFusedInputs(p);
+      const mean = new Float64Array(C);
+      const m2 = new Float64Array(C);
+      const xt = p.x as Tensor;
+      await native.momentsAsync(xt.data, xt.shape.slice(), p.view.reduceAxes, 0, new Float32Array(C), new Float32Array(C), p.code, mean, m2);
+      const g = await gatherStatistics(fn, comm, p.view.n, mean, m2);
+      started = true;
+      const wholeBatch = { count: g.count, mean: g.mean, m2: g.m2 };
+      const result = await runFusedAsync(fn, p, (o) => native.fusedBatchNormAsync({ ...o, wholeBatch }));
+      return { result, count: g.count };
+    } finally {
+      // The plan's device temporaries, when no call took them over.
+      if (!started) p.ops.done(true);
     }
-    const C = p.view.C;
-    const mean = new Float64Array(C);
-    const m2 = new Float64Array(C);
-    const xt = { data: (p.x as Tensor).data, shape: p.x.shape.slice() };
-    await native.momentsAsync(fixedInput(xt.data), xt.shape, p.view.reduceAxes, 0, new Float32Array(C), new Float32Array(C),
-      p.code, mean, m2);
-    const g = await gatherStatistics(fn, comm, p.view.n, mean, m2);
-    const s = statsFrom(g.mean, g.m2, g.count);
-    const ps = p.view.paramShape;
-    const y = await batchNormalizationAsync(xt, { data: s.mean, shape: ps }, { data: s.varBiased, shape: ps },
-      paramTensor(p, p.offset), paramTensor(p, p.scale), p.eps, { backend: p.backend, out: p.out });
-    return { result: finishFused(p, y, s), count: g.count };
   });
 }
 
@@ -237,32 +196,41 @@ export async function syncFusedBatchNorm(
  */
 export async function syncBatchNormGrad(
   fn: string, dy: unknown, x: unknown, scale: unknown, saved: unknown, options: unknown,
-): Promise<BatchNormGrads> {
+): Promise<BatchNormGrads | DeviceBatchNormGrads> {
   const site = new Error();
   const { comm, rest } = splitSync<BatchNormGradOptions>(fn, options);
   return asRank(fn, comm, site, async () => {
-    const sv = saved && typeof saved === 'object' ? saved as { mean?: unknown; invStd?: unknown } : {};
-    rejectDevice(fn, dy, x, scale, sv.mean, sv.invStd);
     const p = planGrad(fn, dy, x, scale, saved, rest);
-    checkBatchAxis(fn, p.view.axis);
-    if (!p.training) {
-      return batchNormalizationGradAsync(dy as Tensor, x as Tensor, scale as Float32Array | null,
-        saved as { mean: Float32Array; invStd: Float32Array }, rest);
+    let started = false;
+    try {
+      checkBatchAxis(fn, p.view.axis);
+      started = true;
+      if (!p.training) return await runGradAsync(fn, p);
+      started = false;
+      const nccl = deviceCommunicator(fn, comm, p.ops.device);
+      started = true;
+      if (nccl) return await runGradAsync(fn, p, (o) => nccl.withHandle(fn, (h: NcclCommHandle) => native.batchNormalizationGradAsync({ ...o, nccl: h })));
+      started = false;
+      const C = p.view.C;
+      fixGradInputs(p);
+      const shardSumDy = new Float64Array(C);
+      const shardSumDyXmu = new Float64Array(C);
+      await native.channelGradSumsAsync({
+        dy: (p.dy as Tensor).data, x: (p.x as Tensor).data, shape: p.view.shape, axis: p.view.axis,
+        savedMean: p.mean as Float32Array, backend: p.code, sumDy: shardSumDy, sumDyXmu: shardSumDyXmu,
+      });
+      const payload = new Float64Array(2 * C + 1);
+      payload.set(shardSumDy, 0);
+      payload.set(shardSumDyXmu, C);
+      payload[2 * C] = p.view.n;
+      const sum = await collective(fn, comm, 'allReduce', payload);
+      const wholeBatch = {
+        count: sum[2 * C], sumDy: sum.slice(0, C), sumDyXmu: sum.slice(C, 2 * C), shardSumDy, shardSumDyXmu,
+      };
+      started = true;
+      return await runGradAsync(fn, p, (o) => native.batchNormalizationGradAsync({ ...o, wholeBatch }));
+    } finally {
+      if (!started) p.ops.done(true);
     }
-    const C = p.view.C;
-    const s1 = new Float64Array(C);
-    const s2 = new Float64Array(C);
-    const args = channelArgs(p);
-    await native.channelGradSumsAsync(...args, s1, s2, p.code);
-    const payload = new Float64Array(2 * C + 1);
-    payload.set(s1, 0);
-    payload.set(s2, C);
-    payload[2 * C] = p.view.n;
-    const sum = await collective(fn, comm, 'allReduce', payload);
-    const global = gradCoefficients(p, sum.subarray(0, C), sum.subarray(C, 2 * C), sum[2 * C]);
-    const local = gradCoefficients(p, s1, s2, p.view.n);
-    const dx = p.out ? AsyncOutput.into(fn, 'options.out', p.out) : AsyncOutput.fresh(fn, 'dx', p.view.A * C * p.view.B);
-    await native.channelGradApplyAsync(...args, global.g, global.a, global.b, dx.target, p.code);
-    return { dx: { data: await dx.deliver(), shape: p.view.shape }, dscale: { data: local.dscale, shape: [C] }, doffset: { data: local.doffset, shape: [C] } };
   });
 }
