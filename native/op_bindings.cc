@@ -301,10 +301,10 @@ std::shared_ptr<SyncInputs> read_sync(Napi::Object o, const char* fn, bool train
   if (!training) range_error(env, f + ": " + key + " is for training only (options.isTraining is false)");
   auto s = std::make_shared<SyncInputs>();
   if (present(nc)) {
+    s->comm = get_comm(env, nc, fn, "options.nccl");
     if (!device)
       type_error(env, f + ": options.nccl needs DeviceTensor inputs (a device communicator); host data takes "
                           "options.wholeBatch");
-    s->comm = get_comm(env, nc, fn, "options.nccl");
     return s;
   }
   if (device)
