@@ -5,7 +5,7 @@ import * as assert from 'node:assert/strict';
 import * as path from 'node:path';
 import { Worker } from 'node:worker_threads';
 import {
-  BatchNormalization, CollectiveError, abortThreadGroup, batchNormalizationGrad, batchNormalizationGradAsync,
+  BackendError, BatchNormalization, CollectiveError, DeviceTensor, abortThreadGroup, batchNormalizationGrad, batchNormalizationGradAsync,
   createThreadGroup, fusedBatchNorm, fusedBatchNormAsync, moments, momentsAsync, threadCommunicator,
   type Communicator, type ThreadGroupHandle,
 } from '../lib/index';
@@ -285,6 +285,56 @@ describe('sync ops: communicator checks', () => {
     assertClose(m.variance.data, ref.variance.data, rel(1e-7), 'variance');
     const r = await fusedBatchNormAsync(x, null, null, { sync: one() });
     sameBits(r.y.data, fusedBatchNorm(x, null, null).y.data, 'y');
+  });
+
+  for (const dataFormat of ['NHWC', 'NCHW'] as const) {
+    it(`${dataFormat}: one rank gives the local ops' every output bit for bit (the same native bookkeeping)`, async () => {
+      const shape = dataFormat === 'NHWC' ? [3, 4, 5, 6] : [3, 6, 4, 5];
+      const n = shape.reduce((a, b) => a * b, 1);
+      const xt = { data: randn(n, 71, 100, 5), shape };
+      const dy = { data: randn(n, 72), shape };
+      const scale = randn(6, 73, 1, 0.3);
+      const offset = randn(6, 74);
+      const o = { dataFormat, epsilon: 1e-3, exponentialAvgFactor: 0.1, mean: randn(6, 75), variance: Float32Array.from(randn(6, 76), (v) => 1 + v * v) };
+      const local = fusedBatchNorm(xt, scale, offset, o);
+      const synced = await fusedBatchNormAsync(xt, scale, offset, { ...o, sync: one() });
+      for (const k of ['y', 'batchMean', 'batchVariance', 'batchVarianceBiased', 'runningMean', 'runningVariance', 'savedMean', 'savedInvStd'] as const) {
+        sameBits(synced[k].data, local[k].data, k);
+      }
+      const saved = { mean: local.savedMean, invStd: local.savedInvStd };
+      const gl = batchNormalizationGrad(dy, xt, scale, saved, { dataFormat });
+      const gs = await batchNormalizationGradAsync(dy, xt, scale, saved, { dataFormat, sync: one() });
+      for (const k of ['dx', 'dscale', 'doffset'] as const) sameBits(gs[k].data, gl[k].data, k);
+      // options.out receives the synchronized results too.
+      const out = new Float32Array(n);
+      const gOut = await batchNormalizationGradAsync(dy, xt, scale, saved, { dataFormat, sync: one(), out });
+      assert.equal(gOut.dx.data, out);
+      sameBits(out, gl.dx.data, 'dx into options.out');
+    });
+  }
+
+  it('DeviceTensor inputs need a device communicator (NcclCommunicator): BackendError ERR_UNSUPPORTED naming why', async () => {
+    // A DeviceTensor of 0 elements exists without a GPU.
+    const xd = DeviceTensor.upload({ data: new Float32Array(0), shape: [0, 3] });
+    try {
+      const unsupported = (fn: string) => (e: unknown) => e instanceof BackendError && e.code === 'ERR_UNSUPPORTED' &&
+        e.message.startsWith(`${fn}: DeviceTensor inputs with options.sync need a device communicator (NcclCommunicator)`);
+      let aborted: unknown = null;
+      await assert.rejects(fusedBatchNormAsync(xd, null, null, { sync: one({ abort: (r) => { aborted = r; } }) }), unsupported('fusedBatchNormAsync'));
+      assert.ok(aborted, 'the group is aborted, so no other rank waits');
+      // x of shape [0, 0]: no channels, so no vector needs uploading before the check.
+      const x0 = DeviceTensor.upload({ data: new Float32Array(0), shape: [0, 0] });
+      await assert.rejects(batchNormalizationGradAsync(x0, x0, null, { mean: new Float32Array(0), invStd: new Float32Array(0) }, { sync: one() }),
+        unsupported('batchNormalizationGradAsync'));
+      x0.dispose();
+      // An object that only looks like an NCCL communicator is not one.
+      const lookalike = one({ allGatherDevice: async (d) => d, allReduceDevice: async (d) => d });
+      await assert.rejects(fusedBatchNormAsync(xd, null, null, { sync: lookalike }), unsupported('fusedBatchNormAsync'));
+      await assert.rejects(momentsAsync(xd, [0], { sync: one() }), (e: unknown) => e instanceof BackendError && e.code === 'ERR_UNSUPPORTED' &&
+        /^momentsAsync: options\.sync takes host tensors here/.test(e.message));
+    } finally {
+      xd.dispose();
+    }
   });
 });
 
