@@ -1,5 +1,6 @@
 // One rank of scripts/nccl-check.sh: joins the NCCL group, runs synchronized batch norm
-// forward + backward on its shard of a batch every rank generates identically, compares
+// forward + backward on its shard of a batch every rank generates identically (host
+// Float32Arrays, then DeviceTensors, where the ops exchange on the device), compares
 // with the whole batch computed in this process without a communicator, checks the
 // device collectives, and times the exchange for the channel counts of W1–W6.
 // Usage: node scripts/nccl-rank.js <rank> <size> <dir>   (rank 0 writes <dir>/id)
@@ -70,6 +71,16 @@ async function readId() {
   out.checks.batchVariance = maxRel(r.batchVariance.data, f.batchVariance.data);
   out.checks.y = maxRel(r.y.data, f.y.data.subarray(start, start + n));
   out.checks.dx = maxRel(gr.dx.data, g.dx.data.subarray(start, start + n));
+  // The same on DeviceTensors: one native op each, the statistics exchanged on the device.
+  const xd = bn.DeviceTensor.upload(x);
+  const dyd = bn.DeviceTensor.upload({ data: dyAll.slice(start, start + n), shape: x.shape });
+  const rd = await bn.fusedBatchNormAsync(xd, scale, offset, { epsilon: 1e-5, sync: comm });
+  const gd = await bn.fusedBatchNormGradAsync(dyd, xd, scale, { mean: rd.savedMean, invStd: rd.savedInvStd }, { sync: comm });
+  out.checks.batchMeanDevice = maxRel(rd.batchMean.download(), f.batchMean.data);
+  out.checks.batchVarianceDevice = maxRel(rd.batchVariance.download(), f.batchVariance.data);
+  out.checks.yDevice = maxRel(rd.y.download(), f.y.data.subarray(start, start + n));
+  out.checks.dxDevice = maxRel(gd.dx.download(), g.dx.data.subarray(start, start + n));
+  for (const t of [xd, dyd, ...Object.values(rd), ...Object.values(gd)]) t.dispose();
   // Device collectives (float32, stay on the GPU).
   const d = bn.DeviceTensor.upload(Float32Array.from({ length: 4 }, (_, i) => rank + i));
   const ds = await comm.allReduceDevice(d, 'sum');
