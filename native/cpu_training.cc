@@ -157,10 +157,10 @@ Status cpu_channel_grad_apply(const ChannelGradArgs& p, const double* g, const d
 
 
 // ---- the training ops: bookkeeping around the kernels ------------------------------
-// Every rounding below is the one the TypeScript layer used to apply to the same float64
-// values (float32 statistics, float64 arithmetic on them), so the CPU results are
-// bit-identical to it: mean and variances are rounded to float32 once, the running
-// update and 1/sqrt(v + ε) are computed in float64 from those float32 values.
+// The roundings: mean and variances are rounded to float32 once, from float64 statistics;
+// the running update and 1/sqrt(v + ε) are computed in float64 from those float32 values
+// (what sufficientStatistics + batchNormalization give when composed by hand, and what
+// the tests check bit for bit).
 namespace {
 
 // The per-channel parameter shape that broadcasts against x: C at `axis`, 1 after it.
