@@ -204,13 +204,15 @@ export async function syncBatchNormGrad(
     let started = false;
     try {
       checkBatchAxis(fn, p.view.axis);
-      started = true;
-      if (!p.training) return await runGradAsync(fn, p);
-      started = false;
+      if (!p.training) {
+        started = true;
+        return await runGradAsync(fn, p);
+      }
       const nccl = deviceCommunicator(fn, comm, p.ops.device);
-      started = true;
-      if (nccl) return await runGradAsync(fn, p, (o) => nccl.withHandle(fn, (h: NcclCommHandle) => native.batchNormalizationGradAsync({ ...o, nccl: h })));
-      started = false;
+      if (nccl) {
+        started = true;
+        return await runGradAsync(fn, p, (o) => nccl.withHandle(fn, (h: NcclCommHandle) => native.batchNormalizationGradAsync({ ...o, nccl: h })));
+      }
       const C = p.view.C;
       fixGradInputs(p);
       const shardSumDy = new Float64Array(C);
