@@ -6,8 +6,6 @@
 #include <cmath>
 #include <cstdint>
 #include <initializer_list>
-#include <iterator>
-#include <limits>
 #include <memory>
 #include <new>
 #include <string>
