@@ -7,6 +7,49 @@ export type BackendCode = -1 | 0 | 1 | 2;
 export type BackendName = 'cpu' | 'cuda' | 'cudnn';
 
 /**
+ * moments' one options object. Writes per-output mean and variance (M2 / (n − correction))
+ * into mean and variance (length = product of the kept dims); axes: distinct, in [0, rank).
+ * x, mean and variance all Float32Arrays or all DeviceTensor handles. mean64/m2: optional
+ * float64 sufficient statistics (host x only; both or neither): mean and M2 = Σ(x − mean)²
+ * per output. Outputs are disjoint from x and each other. No other key is accepted.
+ */
+export interface MomentsCall {
+  x: F32OrDevice;
+  shape: number[];
+  axes: number[];
+  correction: number;
+  backend: BackendCode;
+  mean: F32OrDevice;
+  variance: F32OrDevice;
+  mean64?: Float64Array | null;
+  m2?: Float64Array | null;
+}
+
+/** A tensor operand across the boundary: data.length = product of shape. */
+export interface Operand {
+  data: F32OrDevice;
+  shape: number[];
+}
+
+/**
+ * batchNormalization's one options object: y = (x − mean) · scale / sqrt(variance +
+ * epsilon) + offset, every operand numpy-broadcast to y.shape. offset/scale may be null
+ * (0 / 1). y.data may be x.data itself when x has y's shape; otherwise y shares no byte
+ * with any operand. y lives where x does; the parameters may be host or device data.
+ * No other key is accepted.
+ */
+export interface BatchNormalizationCall {
+  x: Operand;
+  mean: Operand;
+  variance: Operand;
+  offset: Operand | null;
+  scale: Operand | null;
+  epsilon: number;
+  backend: BackendCode;
+  y: Operand;
+}
+
+/**
  * fusedBatchNorm's one options object. x is viewed around its channel axis `axis` of
  * `shape` (rank >= 2); every vector has C = shape[axis] elements. Inputs: scale/offset
  * (null = ones / zeros), mean/variance = the running statistics (read in inference and
@@ -121,44 +164,12 @@ export interface NativeCudaInfo {
 }
 
 export interface Binding {
-  /**
-   * Writes per-output mean and variance (M2 / (n - correction)) into outMean and
-   * outVariance (length = product of the kept dims). axes: distinct, in [0, rank).
-   * Returns the backend that ran.
-   */
-  moments(
-    x: F32OrDevice, shape: number[], axes: number[], correction: number,
-    outMean: F32OrDevice, outVariance: F32OrDevice, backend: BackendCode,
-    /** Optional float64 sufficient statistics (host arrays, any backend): mean and M2 = Σ(x − mean)² per output. */
-    outMean64?: Float64Array | null, outM2?: Float64Array | null,
-  ): BackendName;
-  momentsAsync(
-    x: F32OrDevice, shape: number[], axes: number[], correction: number,
-    outMean: F32OrDevice, outVariance: F32OrDevice, backend: BackendCode,
-    outMean64?: Float64Array | null, outM2?: Float64Array | null,
-  ): Promise<BackendName>;
-
-  /**
-   * out = (x - mean) * scale / sqrt(variance + epsilon) + offset, every operand numpy-
-   * broadcast to outShape. offset/scale may be null (0 / 1). out may be x itself when
-   * x has outShape. Returns the backend that ran.
-   */
-  batchNormalization(
-    x: F32OrDevice, xShape: number[],
-    mean: F32OrDevice, meanShape: number[],
-    variance: F32OrDevice, varianceShape: number[],
-    offset: F32OrDevice | null, offsetShape: number[],
-    scale: F32OrDevice | null, scaleShape: number[],
-    epsilon: number, out: F32OrDevice, outShape: number[], backend: BackendCode,
-  ): BackendName;
-  batchNormalizationAsync(
-    x: F32OrDevice, xShape: number[],
-    mean: F32OrDevice, meanShape: number[],
-    variance: F32OrDevice, varianceShape: number[],
-    offset: F32OrDevice | null, offsetShape: number[],
-    scale: F32OrDevice | null, scaleShape: number[],
-    epsilon: number, out: F32OrDevice, outShape: number[], backend: BackendCode,
-  ): Promise<BackendName>;
+  /** moments (see MomentsCall). Returns the backend that ran. */
+  moments(options: MomentsCall): BackendName;
+  momentsAsync(options: MomentsCall): Promise<BackendName>;
+  /** batchNormalization (see BatchNormalizationCall). Returns the backend that ran. */
+  batchNormalization(options: BatchNormalizationCall): BackendName;
+  batchNormalizationAsync(options: BatchNormalizationCall): Promise<BackendName>;
 
   /**
    * fusedBatchNorm (TF FusedBatchNormV3 semantics), training or inference, on the backend

@@ -2,7 +2,7 @@
 // ops given DeviceTensors return DeviceTensors and never copy through the host. Memory
 // comes from a caching allocator (freed blocks are reused by size class), goes back to
 // it on dispose(), and — as a safety net only — when a forgotten tensor is collected.
-import type { BackendCode, DeviceHandle, F32OrDevice } from '../binding';
+import type { BackendCode, BatchNormalizationCall, DeviceHandle, F32OrDevice, MomentsCall } from '../binding';
 import { native } from './binding';
 import { backendCode, type BackendChoice } from './backend';
 import { withCallerStack } from './errors';
@@ -156,11 +156,18 @@ function planDeviceMoments(fn: string, x: DeviceTensor, axes: unknown, options: 
   return { xh, shape, ax, correction, mean, variance, backend };
 }
 
+function momentsCall(fn: string, p: ReturnType<typeof planDeviceMoments>): MomentsCall {
+  return {
+    x: p.xh, shape: p.shape, axes: p.ax, correction: p.correction, backend: p.backend,
+    mean: p.mean.handle(fn), variance: p.variance.handle(fn),
+  };
+}
+
 /** @internal moments on a DeviceTensor (lib/ops.ts dispatches here). */
 export function deviceMoments(fn: string, x: DeviceTensor, axes: unknown, options: unknown): DeviceMoments {
   const p = planDeviceMoments(fn, x, axes, options);
   try {
-    native.moments(p.xh, p.shape, p.ax, p.correction, p.mean.handle(fn), p.variance.handle(fn), p.backend);
+    native.moments(momentsCall(fn, p));
   } catch (e) {
     p.mean.dispose();
     p.variance.dispose();
@@ -174,7 +181,7 @@ export async function deviceMomentsAsync(fn: string, x: DeviceTensor, axes: unkn
   const site = new Error();
   const p = planDeviceMoments(fn, x, axes, options);
   try {
-    await native.momentsAsync(p.xh, p.shape, p.ax, p.correction, p.mean.handle(fn), p.variance.handle(fn), p.backend);
+    await native.momentsAsync(momentsCall(fn, p));
   } catch (e) {
     p.mean.dispose();
     p.variance.dispose();
@@ -203,12 +210,11 @@ function planDeviceBatchNorm(
   const outShape = broadcastShapes(fn, paramOperands(x.shape, m.shape, v.shape, off?.shape, sc?.shape));
   const backend = backendCode(fn, o.backend);
   const y = DeviceTensor.empty(outShape);
-  const args: Parameters<typeof native.batchNormalization> = [
-    xh, x.shape.slice(), m.data, m.shape, v.data, v.shape,
-    off ? off.data : null, off ? off.shape : [], sc ? sc.data : null, sc ? sc.shape : [],
-    eps, y.handle(fn), outShape, backend,
-  ];
-  return { args, y };
+  const call: BatchNormalizationCall = {
+    x: { data: xh, shape: x.shape.slice() }, mean: m, variance: v, offset: off, scale: sc,
+    epsilon: eps, backend, y: { data: y.handle(fn), shape: outShape },
+  };
+  return { call, y };
 }
 
 /** @internal batchNormalization with a DeviceTensor x (parameters: DeviceTensors, host tensors or numbers). */
@@ -218,7 +224,7 @@ export function deviceBatchNorm(
 ): DeviceTensor {
   const p = planDeviceBatchNorm(fn, x, mean, variance, offset, scale, varianceEpsilon, options);
   try {
-    native.batchNormalization(...p.args);
+    native.batchNormalization(p.call);
   } catch (e) {
     p.y.dispose();
     throw e;
@@ -234,9 +240,10 @@ export async function deviceBatchNormAsync(
   const site = new Error();
   const p = planDeviceBatchNorm(fn, x, mean, variance, offset, scale, varianceEpsilon, options);
   // Host parameters are read by the worker thread.
-  for (const i of [2, 4, 6, 8] as const) if (p.args[i] instanceof Float32Array) p.args[i] = fixedInput(p.args[i] as Float32Array);
+  const c = p.call;
+  for (const t of [c.mean, c.variance, c.offset, c.scale]) if (t && t.data instanceof Float32Array) t.data = fixedInput(t.data);
   try {
-    await native.batchNormalizationAsync(...p.args);
+    await native.batchNormalizationAsync(c);
   } catch (e) {
     p.y.dispose();
     throw withCallerStack(e, site);

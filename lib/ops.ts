@@ -1,5 +1,6 @@
 // moments and batchNormalization: validation and normalization of arguments, then one
 // call into the native binding.
+import type { BatchNormalizationCall } from '../binding';
 import { native } from './binding';
 import { backendCode, type BackendChoice } from './backend';
 import { withCallerStack } from './errors';
@@ -99,7 +100,7 @@ export function moments(x: Tensor | DeviceTensor, axes?: number | number[], opti
   const p = planMoments(fn, x, axes, options);
   const mean = p.out?.mean ?? newFloat32(fn, 'the mean', p.n);
   const variance = p.out?.variance ?? newFloat32(fn, 'the variance', p.n);
-  native.moments(p.x, p.shape, p.axes, p.correction, mean, variance, p.backend);
+  native.moments({ x: p.x, shape: p.shape, axes: p.axes, correction: p.correction, backend: p.backend, mean, variance });
   return momentsResult(p, mean, variance);
 }
 
@@ -117,7 +118,10 @@ export async function momentsAsync(
   const mean = p.out ? AsyncOutput.into(fn, 'options.out.mean', p.out.mean) : AsyncOutput.fresh(fn, 'the mean', p.n);
   const variance = p.out ? AsyncOutput.into(fn, 'options.out.variance', p.out.variance) : AsyncOutput.fresh(fn, 'the variance', p.n);
   try {
-    await native.momentsAsync(fixedInput(p.x), p.shape, p.axes, p.correction, mean.target, variance.target, p.backend);
+    await native.momentsAsync({
+      x: fixedInput(p.x), shape: p.shape, axes: p.axes, correction: p.correction, backend: p.backend,
+      mean: mean.target, variance: variance.target,
+    });
     return momentsResult(p, await mean.deliver(), await variance.deliver());
   } catch (e) {
     throw withCallerStack(e, site);
@@ -125,8 +129,8 @@ export async function momentsAsync(
 }
 
 interface BatchNormPlan {
-  /** The native arguments with the output left out (args[11]). */
-  args: Parameters<typeof native.batchNormalization>;
+  /** The binding's options with y.data left empty for the caller to fill in. */
+  call: BatchNormalizationCall;
   /** The caller's options.out, or null for a fresh output. */
   out: Float32Array | null;
   n: number;
@@ -159,11 +163,10 @@ function planBatchNorm(
     }
   }
   return {
-    args: [
-      xt.data, xt.shape, m.data, m.shape, v.data, v.shape,
-      off ? off.data : null, off ? off.shape : [], sc ? sc.data : null, sc ? sc.shape : [],
-      eps, new Float32Array(0), outShape, backendCode(fn, o.backend),
-    ],
+    call: {
+      x: xt, mean: m, variance: v, offset: off, scale: sc,
+      epsilon: eps, backend: backendCode(fn, o.backend), y: { data: new Float32Array(0), shape: outShape },
+    },
     out,
     n,
     outShape,
@@ -177,8 +180,8 @@ export function batchNormalizationAs(
 ): Tensor {
   const p = planBatchNorm(fn, x, mean, variance, offset, scale, varianceEpsilon, options);
   const out = p.out ?? newFloat32(fn, 'the output', p.n);
-  p.args[11] = out;
-  native.batchNormalization(...p.args);
+  p.call.y.data = out;
+  native.batchNormalization(p.call);
   return { data: out, shape: p.outShape };
 }
 
@@ -193,11 +196,11 @@ export async function batchNormalizationAsyncAs(
   const site = new Error();
   const p = planBatchNorm(fn, x, mean, variance, offset, scale, varianceEpsilon, options);
   const out = own ? null : p.out ? AsyncOutput.into(fn, 'options.out', p.out) : AsyncOutput.fresh(fn, 'the output', p.n);
-  const a = p.args;
-  for (const i of [0, 2, 4, 6, 8] as const) if (a[i] instanceof Float32Array) a[i] = fixedInput(a[i] as Float32Array);
-  a[11] = own ?? out!.target;
+  const c = p.call;
+  for (const t of [c.x, c.mean, c.variance, c.offset, c.scale]) if (t && t.data instanceof Float32Array) t.data = fixedInput(t.data);
+  c.y.data = own ?? out!.target;
   try {
-    await native.batchNormalizationAsync(...a);
+    await native.batchNormalizationAsync(c);
     return { data: own ?? await out!.deliver(), shape: p.outShape };
   } catch (e) {
     throw withCallerStack(e, site);

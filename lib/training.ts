@@ -42,7 +42,10 @@ export function sufficientStatistics(
   const n = product(shape);
   const mean = newFloat64(fn, 'mean', n);
   const m2 = newFloat64(fn, 'm2', n);
-  native.moments(t.data, t.shape, ax, 0, newFloat32(fn, 'mean', n), newFloat32(fn, 'variance', n), backendCode(fn, o.backend), mean, m2);
+  native.moments({
+    x: t.data, shape: t.shape, axes: ax, correction: 0, backend: backendCode(fn, o.backend),
+    mean: newFloat32(fn, 'mean', n), variance: newFloat32(fn, 'variance', n), mean64: mean, m2,
+  });
   return { count: product(t.shape.filter((_, i) => red.has(i))), mean, m2, shape };
 }
 

@@ -66,11 +66,6 @@ F32 read_f32(Napi::Env env, Napi::Value v, const char* fn, const char* name, boo
   return r;
 }
 
-double* get_f64(const Napi::CallbackInfo& info, size_t i, const char* fn, const char* name, int64_t length,
-                bool nullable, std::vector<Napi::Value>* keep) {
-  return read_f64(info.Env(), info[i], fn, name, length, nullable, keep);
-}
-
 // A Float64Array of exactly `length` elements (or null when nullable).
 double* read_f64(Napi::Env env, Napi::Value v, const char* fn, const char* name, int64_t length, bool nullable,
                  std::vector<Napi::Value>* keep) {
@@ -84,13 +79,6 @@ double* read_f64(Napi::Env env, Napi::Value v, const char* fn, const char* name,
     type_error(env, std::string(fn) + ": " + name + " is backed by a detached ArrayBuffer");
   if (keep) keep->push_back(v);
   return a.Data();
-}
-
-int64_t get_count(const Napi::CallbackInfo& info, size_t i, const char* fn, const char* name) {
-  const double d = info[i].IsNumber() ? info[i].As<Napi::Number>().DoubleValue() : -1.0;
-  if (!(d >= 0) || d != std::floor(d) || d > 9007199254740991.0)
-    type_error(info.Env(), std::string(fn) + ": " + name + " must be a non-negative integer");
-  return static_cast<int64_t>(d);
 }
 
 Shape read_shape(Napi::Env env, Napi::Value v, const char* fn, const char* name) {
@@ -114,6 +102,29 @@ Shape read_shape(Napi::Env env, Napi::Value v, const char* fn, const char* name)
   return s;
 }
 
+std::vector<bool> read_axes(Napi::Env env, Napi::Value v, const char* fn, const char* name, size_t rank) {
+  if (!v.IsArray()) type_error(env, std::string(fn) + ": " + name + " must be an array of integers");
+  Napi::Array axes = v.As<Napi::Array>();
+  std::vector<bool> reduce(rank, false);
+  for (uint32_t k = 0; k < axes.Length(); ++k) {
+    Napi::Value e = axes.Get(k);
+    const double d = e.IsNumber() ? e.As<Napi::Number>().DoubleValue() : -1.0;
+    if (!(d >= 0) || d != std::floor(d) || d >= static_cast<double>(rank) || reduce[static_cast<size_t>(d)])
+      range_error(env, std::string(fn) + ": " + name + "[" + std::to_string(k) + "] must be a distinct axis in [0, " +
+                           std::to_string(rank) + ")");
+    reduce[static_cast<size_t>(d)] = true;
+  }
+  return reduce;
+}
+
+void check_broadcast(Napi::Env env, const char* fn, const char* name, const Shape& s, const Shape& out) {
+  if (s.size() > out.size()) range_error(env, std::string(fn) + ": " + name + " has a higher rank than the output");
+  for (size_t i = 0; i < s.size(); ++i) {
+    const int64_t e = s[s.size() - 1 - i], o = out[out.size() - 1 - i];
+    if (e != o && e != 1) range_error(env, std::string(fn) + ": " + name + " does not broadcast to the output shape");
+  }
+}
+
 void check_length(Napi::Env env, const F32& a, const Shape& s, const char* fn, const char* name) {
   if (a.data == nullptr && a.value.IsNull()) return;
   if (static_cast<int64_t>(a.length) != numel(s))
@@ -121,26 +132,31 @@ void check_length(Napi::Env env, const F32& a, const Shape& s, const char* fn, c
                          " elements but its shape needs " + std::to_string(numel(s)));
 }
 
-int read_backend(Napi::Env env, Napi::Value v) {
-  const int b = v.IsNumber() ? v.As<Napi::Number>().Int32Value() : -2;
-  if (b < -1 || b > 2) type_error(env, "backend must be -1 (auto), 0 (cpu), 1 (cuda) or 2 (cudnn)");
-  return b;
+int read_backend(Napi::Env env, Napi::Value v, const std::string& name) {
+  const double d = v.IsNumber() ? v.As<Napi::Number>().DoubleValue() : -2.0;
+  if (!(d >= -1 && d <= 2) || d != std::floor(d))
+    type_error(env, name + " must be -1 (auto), 0 (cpu), 1 (cuda) or 2 (cudnn)");
+  return static_cast<int>(d);
 }
 
-int get_backend(const Napi::CallbackInfo& info, size_t i) { return read_backend(info.Env(), info[i]); }
-
-F32 get_f32(const Napi::CallbackInfo& info, size_t i, const char* fn, const char* name, bool nullable) {
-  return read_f32(info.Env(), info[i], fn, name, nullable);
-}
-
-Shape get_shape(const Napi::CallbackInfo& info, size_t i, const char* fn, const char* name) {
-  return read_shape(info.Env(), info[i], fn, name);
-}
+int get_backend(const Napi::CallbackInfo& info, size_t i) { return read_backend(info.Env(), info[i], "backend"); }
 
 Napi::Object get_options(const Napi::CallbackInfo& info, const char* fn) {
   if (info.Length() != 1 || !info[0].IsObject() || info[0].IsArray() || info[0].IsTypedArray())
     type_error(info.Env(), std::string(fn) + ": expected one options object");
   return info[0].As<Napi::Object>();
+}
+
+Napi::Object get_options(const Napi::CallbackInfo& info, const char* fn, std::initializer_list<const char*> known) {
+  Napi::Object o = get_options(info, fn);
+  Napi::Array keys = o.GetPropertyNames();
+  for (uint32_t k = 0; k < keys.Length(); ++k) {
+    const std::string key = keys.Get(k).As<Napi::String>().Utf8Value();
+    bool ok = false;
+    for (const char* name : known) ok = ok || key == name;
+    if (!ok) type_error(info.Env(), std::string(fn) + ": options." + key + " is not a known key");
+  }
+  return o;
 }
 
 namespace {
@@ -157,8 +173,9 @@ double attr_number(Napi::Object o, const char* fn, const char* key) {
   return v.As<Napi::Number>().DoubleValue();
 }
 
-double* attr_f64(Napi::Object o, const char* fn, const char* key, int64_t length, std::vector<Napi::Value>* keep) {
-  return read_f64(o.Env(), o.Get(key), fn, key_name(key).c_str(), length, false, keep);
+double* attr_f64(Napi::Object o, const char* fn, const char* key, int64_t length, std::vector<Napi::Value>* keep,
+                 bool nullable) {
+  return read_f64(o.Env(), o.Get(key), fn, key_name(key).c_str(), length, nullable, keep);
 }
 
 bool attr_bool(Napi::Object o, const char* fn, const char* key) {
@@ -171,9 +188,28 @@ Shape attr_shape(Napi::Object o, const char* fn, const char* key) {
   return read_shape(o.Env(), o.Get(key), fn, key_name(key).c_str());
 }
 
+std::vector<bool> attr_axes(Napi::Object o, const char* fn, const char* key, size_t rank) {
+  return read_axes(o.Env(), o.Get(key), fn, key_name(key).c_str(), rank);
+}
+
+OperandRef attr_operand(Napi::Object o, const char* fn, const char* key, bool nullable) {
+  Napi::Env env = o.Env();
+  const std::string name = key_name(key);
+  Napi::Value v = o.Get(key);
+  OperandRef r;
+  r.data.value = v;
+  if (nullable && (v.IsNull() || v.IsUndefined())) return r;
+  if (!v.IsObject() || v.IsArray() || v.IsTypedArray() || v.IsExternal())
+    type_error(env, std::string(fn) + ": " + name + " must be an object {data, shape}");
+  Napi::Object t = v.As<Napi::Object>();
+  r.data = read_f32(env, t.Get("data"), fn, (name + ".data").c_str(), false);
+  r.shape = read_shape(env, t.Get("shape"), fn, (name + ".shape").c_str());
+  check_length(env, r.data, r.shape, fn, name.c_str());
+  return r;
+}
+
 int attr_backend(Napi::Object o, const char* fn) {
-  (void)fn;
-  return read_backend(o.Env(), o.Get("backend"));
+  return read_backend(o.Env(), o.Get("backend"), std::string(fn) + ": " + key_name("backend"));
 }
 
 }  // namespace bn

@@ -7,6 +7,7 @@
 #include <napi.h>
 
 #include <cstdint>
+#include <initializer_list>
 #include <memory>
 #include <string>
 #include <vector>
@@ -47,29 +48,43 @@ void check_disjoint(Napi::Env env, const char* fn, const char* out_name, const v
                     const char* in_name, const void* in, size_t in_bytes);
 
 F32 read_f32(Napi::Env env, Napi::Value v, const char* fn, const char* name, bool nullable);
-F32 get_f32(const Napi::CallbackInfo& info, size_t i, const char* fn, const char* name, bool nullable);
 // A Float64Array of exactly `length` elements (or null when nullable); keep (if given)
 // gets the value, to be referenced during async work.
 double* read_f64(Napi::Env env, Napi::Value v, const char* fn, const char* name, int64_t length, bool nullable,
                  std::vector<Napi::Value>* keep);
-double* get_f64(const Napi::CallbackInfo& info, size_t i, const char* fn, const char* name, int64_t length,
-                bool nullable, std::vector<Napi::Value>* keep);
-int64_t get_count(const Napi::CallbackInfo& info, size_t i, const char* fn, const char* name);
 Shape read_shape(Napi::Env env, Napi::Value v, const char* fn, const char* name);
-Shape get_shape(const Napi::CallbackInfo& info, size_t i, const char* fn, const char* name);
+// Distinct axes in [0, rank) as reduce[d] = true; an axis out of range or repeated is a
+// RangeError naming its index.
+std::vector<bool> read_axes(Napi::Env env, Napi::Value v, const char* fn, const char* name, size_t rank);
+// `s` numpy-broadcasts to `out` (aligned right: each extent equal or 1, rank not above).
+void check_broadcast(Napi::Env env, const char* fn, const char* name, const Shape& s, const Shape& out);
 void check_length(Napi::Env env, const F32& a, const Shape& s, const char* fn, const char* name);
-int read_backend(Napi::Env env, Napi::Value v);
+int read_backend(Napi::Env env, Napi::Value v, const std::string& name);
 int get_backend(const Napi::CallbackInfo& info, size_t i);
 
 // ---- named options objects: one object per call, read by small helpers -------------
 // Each names the key in its error: "fusedBatchNorm: options.epsilon must be a number".
 Napi::Object get_options(const Napi::CallbackInfo& info, const char* fn);
+// The options object whose keys must all be among `known`: a misspelt optional key would
+// otherwise be read as absent. TypeError "moments: options.foo is not a known key".
+Napi::Object get_options(const Napi::CallbackInfo& info, const char* fn, std::initializer_list<const char*> known);
 F32 attr_f32(Napi::Object o, const char* fn, const char* key, bool nullable);
 double attr_number(Napi::Object o, const char* fn, const char* key);
-double* attr_f64(Napi::Object o, const char* fn, const char* key, int64_t length, std::vector<Napi::Value>* keep);
+double* attr_f64(Napi::Object o, const char* fn, const char* key, int64_t length, std::vector<Napi::Value>* keep,
+                 bool nullable = false);
 bool attr_bool(Napi::Object o, const char* fn, const char* key);
 Shape attr_shape(Napi::Object o, const char* fn, const char* key);
+std::vector<bool> attr_axes(Napi::Object o, const char* fn, const char* key, size_t rank);
 int attr_backend(Napi::Object o, const char* fn);
+
+// A tensor operand {data: Float32Array | DeviceTensor handle, shape}, its length checked
+// against its shape; absent (data empty) when nullable and the key is null/undefined.
+struct OperandRef {
+  F32 data;
+  Shape shape;
+  bool absent() const { return data.absent(); }
+};
+OperandRef attr_operand(Napi::Object o, const char* fn, const char* key, bool nullable);
 
 // Everything a call needs, gathered on the JS thread; run() is safe off it. The async
 // twin (AsyncCall) resolves with the backend's name. Host data on a GPU backend is copied

@@ -1,7 +1,6 @@
 // The op bindings: each JS call becomes one op struct (ops.h), one backend choice
-// (backend.cc) and one run, on the JS thread or a worker (AsyncCall). moments and
-// batchNormalization take positional arguments; the training ops take one named options
-// object, read by the helpers of args.h.
+// (backend.cc) and one run, on the JS thread or a worker (AsyncCall). Every op takes one
+// named options object, read by the attr_* helpers of args.h.
 #include <atomic>
 #include <cmath>
 #include <cstdint>
@@ -37,137 +36,8 @@ struct BatchNormCall : OpCall<BatchNormCall> {
   }
 };
 
-// moments(x, shape, axes, correction, outMean, outVariance, backend)
-MomentsCall parse_moments(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  const char* fn = "moments";
-  if (info.Length() < 7) type_error(env, "moments: expected 7 arguments");
-  MomentsCall c;
-  F32 x = get_f32(info, 0, fn, "x", false);
-  c.args.shape = get_shape(info, 1, fn, "shape");
-  check_length(env, x, c.args.shape, fn, "x");
-  const size_t rank = c.args.shape.size();
-  c.args.reduce.assign(rank, false);
-  if (!info[2].IsArray()) type_error(env, "moments: axes must be an array of integers");
-  Napi::Array axes = info[2].As<Napi::Array>();
-  for (uint32_t k = 0; k < axes.Length(); ++k) {
-    Napi::Value e = axes.Get(k);
-    const double d = e.IsNumber() ? e.As<Napi::Number>().DoubleValue() : -1.0;
-    if (!(d >= 0) || d != std::floor(d) || d >= static_cast<double>(rank) || c.args.reduce[static_cast<size_t>(d)])
-      range_error(env, "moments: axes[" + std::to_string(k) + "] must be a distinct axis in [0, " +
-                           std::to_string(rank) + ")");
-    c.args.reduce[static_cast<size_t>(d)] = true;
-  }
-  if (!info[3].IsNumber()) type_error(env, "moments: correction must be a number");
-  c.args.correction = info[3].As<Napi::Number>().DoubleValue();
-  F32 mean = get_f32(info, 4, fn, "out.mean", false);
-  F32 var = get_f32(info, 5, fn, "out.variance", false);
-  int64_t kept = 1;
-  for (size_t d = 0; d < rank; ++d)
-    if (!c.args.reduce[d]) kept *= c.args.shape[d];
-  if (static_cast<int64_t>(mean.length) != kept || static_cast<int64_t>(var.length) != kept)
-    range_error(env, "moments: out.mean and out.variance must have " + std::to_string(kept) + " elements");
-  c.args.x = x.data;
-  c.args.mean = mean.data;
-  c.args.variance = var.data;
-  check_disjoint(env, fn, "out.mean", mean.data, mean.bytes(), "x", x.data, x.bytes());
-  check_disjoint(env, fn, "out.variance", var.data, var.bytes(), "x", x.data, x.bytes());
-  check_disjoint(env, fn, "out.mean", mean.data, mean.bytes(), "out.variance", var.data, var.bytes());
-  // DeviceTensors: x and both outputs live in GPU memory, or none of them does.
-  if (x.device != mean.device || x.device != var.device)
-    type_error(env, "moments: x, out.mean and out.variance must all be DeviceTensors or all Float32Arrays");
-  c.args.mem = x.device ? Memory::kDevice : Memory::kHost;
-  c.device_only = x.device;
-  c.hold = {x.hold, mean.hold, var.hold};
-  c.keep = {x.value, mean.value, var.value};
-  // Optional float64 sufficient statistics: outMean64, outM2 (both or neither; host only).
-  if (info.Length() > 8 && !info[7].IsNull() && !info[7].IsUndefined()) {
-    c.args.mean64 = get_f64(info, 7, fn, "outMean64", kept, false, &c.keep);
-    c.args.m2_64 = get_f64(info, 8, fn, "outM2", kept, false, &c.keep);
-    const size_t b64 = static_cast<size_t>(kept) * sizeof(double);
-    const std::pair<const char*, const F32*> others[3] = {{"x", &x}, {"out.mean", &mean}, {"out.variance", &var}};
-    for (const auto& [name, o] : others) {
-      check_disjoint(env, fn, "outMean64", c.args.mean64, b64, name, o->data, o->bytes());
-      check_disjoint(env, fn, "outM2", c.args.m2_64, b64, name, o->data, o->bytes());
-    }
-    check_disjoint(env, fn, "outMean64", c.args.mean64, b64, "outM2", c.args.m2_64, b64);
-  }
-  std::string why;
-  Status s = select_backend(Op::kMoments, get_backend(info, 6), &c.backend, &why, c.args.mem);
-  if (!s.ok()) throw_status(env, s);
-  return c;
-}
 
-// batchNormalization(x, xShape, mean, meanShape, variance, varianceShape, offset,
-//                    offsetShape, scale, scaleShape, epsilon, out, outShape, backend)
-BatchNormCall parse_batch_norm(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  const char* fn = "batchNormalization";
-  if (info.Length() < 14) type_error(env, "batchNormalization: expected 14 arguments");
-  BatchNormCall c;
-  static const char* names[5] = {"x", "mean", "variance", "offset", "scale"};
-  std::pair<const void*, size_t> ranges[5];
-  Operand* ops[5] = {&c.args.x, &c.args.mean, &c.args.variance, &c.args.offset, &c.args.scale};
-  c.args.out_shape = get_shape(info, 12, fn, "outShape");
-  const Shape& out = c.args.out_shape;
-  for (size_t k = 0; k < 5; ++k) {
-    F32 a = get_f32(info, 2 * k, fn, names[k], k >= 3);
-    Shape s = get_shape(info, 2 * k + 1, fn, (std::string(names[k]) + "Shape").c_str());
-    if (a.data == nullptr && !(a.value.IsNull() || a.value.IsUndefined()) && numel(s) != 0)
-      type_error(env, std::string(fn) + ": " + names[k] + " is empty");
-    if (!(a.value.IsNull() || a.value.IsUndefined())) check_length(env, a, s, fn, names[k]);
-    // Each operand must broadcast to the output shape (aligned right).
-    if (s.size() > out.size())
-      range_error(env, std::string(fn) + ": " + names[k] + " has a higher rank than the output");
-    for (size_t i = 0; i < s.size(); ++i) {
-      const int64_t e = s[s.size() - 1 - i], o = out[out.size() - 1 - i];
-      if (e != o && e != 1)
-        range_error(env, std::string(fn) + ": " + names[k] + " does not broadcast to the output shape");
-    }
-    if (numel(out) > 0 && numel(s) == 0 && a.data == nullptr && !(a.value.IsNull() || a.value.IsUndefined()))
-      range_error(env, std::string(fn) + ": " + names[k] + " is empty");
-    ops[k]->data = a.data;
-    ranges[k] = {a.data, a.bytes()};
-    ops[k]->shape = std::move(s);
-    ops[k]->mem = a.device ? Memory::kDevice : Memory::kHost;
-    if (a.device) c.hold.push_back(a.hold);
-    c.keep.push_back(a.value);
-  }
-  if (!c.args.mean.data && numel(out) > 0) type_error(env, "batchNormalization: mean must be a Float32Array");
-  if (!c.args.variance.data && numel(out) > 0) type_error(env, "batchNormalization: variance must be a Float32Array");
-  if (!c.args.x.data && numel(out) > 0) type_error(env, "batchNormalization: x must be a Float32Array");
-  if (!info[10].IsNumber()) type_error(env, "batchNormalization: varianceEpsilon must be a number");
-  c.args.epsilon = info[10].As<Napi::Number>().DoubleValue();
-  if (!(c.args.epsilon >= 0)) range_error(env, "batchNormalization: varianceEpsilon must be >= 0");
-  F32 y = get_f32(info, 11, fn, "out", false);
-  if (static_cast<int64_t>(y.length) != numel(out))
-    range_error(env, "batchNormalization: out must have " + std::to_string(numel(out)) + " elements");
-  // In place (out is exactly x's memory) is fine elementwise only when x is not broadcast;
-  // any other shared byte between out and an operand is refused.
-  const Rel rx = relation(y.data, y.bytes(), ranges[0].first, ranges[0].second);
-  if (rx == Rel::kOverlap || (rx == Rel::kSame && numel(c.args.x.shape) != numel(out)))
-    range_error(env, "batchNormalization: out overlaps x in memory; only exact in-place use (out is x, x of the output's shape) is supported");
-  for (size_t k = 1; k < 5; ++k)
-    check_disjoint(env, fn, "out", y.data, y.bytes(), names[k], ranges[k].first, ranges[k].second);
-  c.args.y = y.data;
-  c.keep.push_back(y.value);
-  // DeviceTensors: y lives where x does; parameters may be on either side.
-  if (y.device != (c.args.x.mem == Memory::kDevice))
-    type_error(env, "batchNormalization: out must be a DeviceTensor exactly when x is one");
-  c.args.mem = y.device ? Memory::kDevice : Memory::kHost;
-  c.device_only = y.device;  // host parameters are staged before run() returns
-  if (y.device) c.hold.push_back(y.hold);
-  bool any_device = false;
-  for (size_t k = 0; k < 5; ++k) any_device = any_device || ops[k]->mem == Memory::kDevice;
-  std::string why;
-  const CallInfo call = batch_norm_call_info(c.args);  // what the cuDNN path needs to judge
-  Status s = select_backend(Op::kBatchNorm, get_backend(info, 13), &c.backend, &why,
-                            any_device ? Memory::kDevice : Memory::kHost, &call);
-  if (!s.ok()) throw_status(env, s);
-  return c;
-}
-
-// ---- fusedBatchNorm and batchNormalizationGrad: one options object per call ----------
+// ---- the parts of the options-object readers: layout, operands, synchronized inputs
 
 // A per-channel layout from options.shape and options.axis: x viewed as [A, C, B].
 ChannelLayout attr_layout(Napi::Object o, const char* fn) {
@@ -190,7 +60,7 @@ ChannelLayout attr_layout(Napi::Object o, const char* fn) {
   return l;
 }
 
-// The operands of one training call: each named, each of a given length, all in the
+// The operands of one call: each named, each of a given length, all in the
 // memory x lives in; outputs disjoint (by address) from every input and each other.
 class Operands {
  public:
@@ -208,10 +78,11 @@ class Operands {
     outs_.push_back({key, a.data, a.bytes(), in_place_of});
     return a.data;
   }
-  // A float64 output (host memory): checked with the others by check_disjoint_outputs.
+  // A float64 output (host memory; null when nullable and absent): checked with the
+  // others by check_disjoint_outputs.
   template <typename Call>
-  double* output_f64(const char* key, int64_t n, Call* c) {
-    double* d = attr_f64(o_, fn_, key, n, &c->keep);
+  double* output_f64(const char* key, int64_t n, Call* c, bool nullable = false) {
+    double* d = attr_f64(o_, fn_, key, n, &c->keep, nullable);
     outs_.push_back({key, d, static_cast<size_t>(n) * sizeof(double), nullptr});
     return d;
   }
@@ -275,6 +146,7 @@ class Operands {
 // nor an output sharing their memory can change what the kernels read. options.nccl
 // (DeviceTensors) is the communicator, held until the call ends. The args point here;
 // the call owns it through a shared_ptr, so moving the call keeps the pointers valid.
+
 struct SyncInputs {
   std::vector<double> data;  // the wholeBatch arrays, back to back
   WholeBatchStats stats;
@@ -332,6 +204,97 @@ std::shared_ptr<SyncInputs> read_sync(Napi::Object o, const char* fn, bool train
   }
   return s;
 }
+
+// ---- moments and batchNormalization: one options object per call --------------------
+
+// moments({x, shape, axes, correction, backend, mean, variance, mean64?, m2?})
+MomentsCall parse_moments(const Napi::CallbackInfo& info) {
+  const char* fn = "moments";
+  Napi::Env env = info.Env();
+  Napi::Object o = get_options(info, fn, {"x", "shape", "axes", "correction", "backend", "mean", "variance", "mean64", "m2"});
+  MomentsCall c;
+  MomentsArgs& a = c.args;
+  a.shape = attr_shape(o, fn, "shape");
+  a.reduce = attr_axes(o, fn, "axes", a.shape.size());
+  a.correction = attr_number(o, fn, "correction");
+  int64_t kept = 1;
+  for (size_t d = 0; d < a.shape.size(); ++d)
+    if (!a.reduce[d]) kept *= a.shape[d];
+  Operands p(o, fn);
+  a.x = p.input("x", numel(a.shape), false, &c);
+  a.mean = p.output("mean", kept, &c);
+  a.variance = p.output("variance", kept, &c);
+  // Float64 sufficient statistics: both or neither, host memory only (the kernels write
+  // them where they write mean).
+  const bool has64 = present(o.Get("mean64"));
+  if (!has64 && present(o.Get("m2"))) type_error(env, "moments: options.m2 needs options.mean64");
+  if (has64 && p.device())
+    type_error(env, "moments: options.mean64 and options.m2 need host x, mean and variance (Float32Arrays)");
+  a.mean64 = p.output_f64("mean64", kept, &c, true);
+  a.m2_64 = p.output_f64("m2", kept, &c, !has64);
+  p.check_disjoint_outputs();
+  a.mem = p.device() ? Memory::kDevice : Memory::kHost;
+  c.device_only = p.device();
+  std::string why;
+  Status s = select_backend(Op::kMoments, attr_backend(o, fn), &c.backend, &why, a.mem);
+  if (!s.ok()) throw_status(env, s);
+  return c;
+}
+
+// batchNormalization({x, mean, variance, offset, scale, epsilon, y, backend}): every
+// operand {data, shape}; offset/scale may be null (0 / 1); y.shape is the broadcast of
+// the five shapes. y lives where x does; the parameters may live on either side.
+BatchNormCall parse_batch_norm(const Napi::CallbackInfo& info) {
+  const char* fn = "batchNormalization";
+  Napi::Env env = info.Env();
+  Napi::Object o = get_options(info, fn, {"x", "mean", "variance", "offset", "scale", "epsilon", "y", "backend"});
+  BatchNormCall c;
+  BatchNormArgs& a = c.args;
+  static const char* names[5] = {"x", "mean", "variance", "offset", "scale"};
+  Operand* ops[5] = {&a.x, &a.mean, &a.variance, &a.offset, &a.scale};
+  OperandRef y = attr_operand(o, fn, "y", false);
+  a.out_shape = y.shape;
+  OperandRef in[5];
+  bool any_device = false;
+  for (size_t k = 0; k < 5; ++k) {
+    in[k] = attr_operand(o, fn, names[k], k >= 3);
+    if (in[k].absent()) continue;
+    check_broadcast(env, fn, ("options." + std::string(names[k])).c_str(), in[k].shape, a.out_shape);
+    ops[k]->data = in[k].data.data;
+    ops[k]->shape = in[k].shape;
+    ops[k]->mem = in[k].data.device ? Memory::kDevice : Memory::kHost;
+    any_device = any_device || in[k].data.device;
+    if (in[k].data.device) c.hold.push_back(in[k].data.hold);
+    c.keep.push_back(in[k].data.value);
+  }
+  a.epsilon = attr_number(o, fn, "epsilon");
+  if (!(a.epsilon >= 0)) range_error(env, "batchNormalization: options.epsilon must be >= 0");
+  // In place (y is exactly x's memory) is fine elementwise only when x is not broadcast;
+  // any other shared byte between y and an operand is refused.
+  const F32& yd = y.data;
+  const Rel rx = relation(yd.data, yd.bytes(), in[0].data.data, in[0].data.bytes());
+  if (rx == Rel::kOverlap || (rx == Rel::kSame && numel(a.x.shape) != numel(a.out_shape)))
+    range_error(env, "batchNormalization: options.y overlaps options.x in memory; only exact in-place use "
+                     "(y is x, x of the output's shape) is supported");
+  for (size_t k = 1; k < 5; ++k)
+    check_disjoint(env, fn, "options.y", yd.data, yd.bytes(), ("options." + std::string(names[k])).c_str(),
+                   in[k].data.data, in[k].data.bytes());
+  if (yd.device != in[0].data.device)
+    type_error(env, "batchNormalization: options.y.data must be a DeviceTensor handle exactly when options.x.data is one");
+  a.y = yd.data;
+  a.mem = yd.device ? Memory::kDevice : Memory::kHost;
+  c.device_only = yd.device;  // host parameters are staged before run() returns
+  c.keep.push_back(yd.value);
+  if (yd.device) c.hold.push_back(yd.hold);
+  std::string why;
+  const CallInfo call = batch_norm_call_info(a);  // what the cuDNN path needs to judge
+  Status s = select_backend(Op::kBatchNorm, attr_backend(o, fn), &c.backend, &why,
+                            any_device ? Memory::kDevice : Memory::kHost, &call);
+  if (!s.ok()) throw_status(env, s);
+  return c;
+}
+
+// ---- fusedBatchNorm and batchNormalizationGrad --------------------------------------
 
 struct FusedCall : OpCall<FusedCall> {
   FusedArgs args;

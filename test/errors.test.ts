@@ -2,9 +2,10 @@
 // expectation and what arrived, a stack through the caller, and no damage to inputs.
 import * as assert from 'node:assert/strict';
 import {
-  BackendError, batchNormalization, batchNormalizationAsync, moments, momentsAsync, setBackend, setNumThreads, tensor,
+  BackendError, DeviceTensor, batchNormalization, batchNormalizationAsync, moments, momentsAsync, setBackend, setNumThreads, tensor,
 } from '../lib/index';
 import { native } from '../lib/binding';
+import type { BatchNormalizationCall, MomentsCall } from '../binding';
 
 const x = tensor(new Float32Array([1, 2, 3, 4, 5, 6, 7, 8]), [2, 2, 2]);
 const c2 = new Float32Array([0, 0]);
@@ -92,20 +93,117 @@ describe('errors', () => {
 
   describe('the binding re-checks what the kernels rely on (callers that bypass lib/)', () => {
     const f = new Float32Array(4);
+    const m = (o: Partial<MomentsCall> & Record<string, unknown> = {}) =>
+      () => native.moments({ x: f, shape: [4], axes: [0], correction: 0, backend: 0, mean: new Float32Array(1), variance: new Float32Array(1), ...o } as MomentsCall);
+    const t = (data: Float32Array, shape = [data.length]) => ({ data, shape });
+    const bn = (o: Partial<BatchNormalizationCall> & Record<string, unknown> = {}) =>
+      () => native.batchNormalization({ x: t(f), mean: t(f), variance: t(f), offset: null, scale: null, epsilon: 0, backend: 0, y: t(new Float32Array(4)), ...o } as BatchNormalizationCall);
     const raw: [string, Call, RegExp][] = [
-      ['x not a Float32Array', () => native.moments(new Float64Array(4) as never, [4], [0], 0, f, f, 0), /moments: x must be a Float32Array/],
-      ['length mismatch', () => native.moments(f, [5], [0], 0, f, f, 0), /moments: x has 4 elements but its shape needs 5/],
-      ['axis out of range', () => native.moments(f, [4], [1], 0, f, f, 0), /moments: axes\[0\] must be a distinct axis in \[0, 1\)/],
-      ['duplicate axis', () => native.moments(f, [2, 2], [0, 0], 0, f, f, 0), /moments: axes\[1\] must be a distinct axis/],
-      ['output too short', () => native.moments(f, [4], [], 0, new Float32Array(1), f, 0), /moments: out\.mean and out\.variance must have 4 elements/],
-      ['rank too high', () => native.moments(f, new Array(65).fill(1).concat([4]), [0], 0, f, f, 0), /rank/],
-      ['bn operand does not broadcast', () => native.batchNormalization(f, [4], f.subarray(0, 3), [3], f, [4], null, [], null, [], 0, new Float32Array(4), [4], 0), /batchNormalization: mean does not broadcast/],
-      ['bn out too short', () => native.batchNormalization(f, [4], f, [4], f, [4], null, [], null, [], 0, new Float32Array(3), [4], 0), /batchNormalization: out must have 4 elements/],
-      ['bn negative epsilon', () => native.batchNormalization(f, [4], f, [4], f, [4], null, [], null, [], -1, new Float32Array(4), [4], 0), /varianceEpsilon must be >= 0/],
-      ['bad backend code', () => native.moments(f, [4], [0], 0, new Float32Array(1), new Float32Array(1), 7 as never), /backend must be -1/],
+      ['x not a Float32Array', m({ x: new Float64Array(4) as never }), /moments: options\.x must be a Float32Array/],
+      ['length mismatch', m({ shape: [5] }), /moments: options\.x has 4 elements but needs 5/],
+      ['axis out of range', m({ axes: [1] }), /moments: options\.axes\[0\] must be a distinct axis in \[0, 1\)/],
+      ['duplicate axis', m({ shape: [2, 2], axes: [0, 0] }), /moments: options\.axes\[1\] must be a distinct axis/],
+      ['output too short', m({ axes: [], mean: new Float32Array(1), variance: f }), /moments: options\.mean has 1 elements but needs 4/],
+      ['rank too high', m({ shape: new Array(65).fill(1).concat([4]) }), /rank/],
+      ['bn operand does not broadcast', bn({ mean: t(f.subarray(0, 3)) }), /batchNormalization: options\.mean does not broadcast/],
+      ['bn operand length and shape disagree', bn({ scale: t(f, [3]) }), /batchNormalization: options\.scale has 4 elements but its shape needs 3/],
+      ['bn out too short', bn({ y: t(new Float32Array(3), [4]) }), /batchNormalization: options\.y has 3 elements but its shape needs 4/],
+      ['bn negative epsilon', bn({ epsilon: -1 }), /batchNormalization: options\.epsilon must be >= 0/],
+      ['bad backend code', m({ backend: 7 as never }), /moments: options\.backend must be -1/],
     ];
     for (const [name, call, re] of raw) {
       it(name, () => assert.throws(call, (e: Error) => (e instanceof TypeError || e instanceof RangeError) && re.test(e.message)));
     }
+  });
+
+  describe('moments and batchNormalization take one named options object (raw binding)', () => {
+    const momentsCall = (): Record<string, unknown> => ({
+      x: new Float32Array([1, 2, 3, 4, 5, 6]), shape: [2, 3], axes: [0], correction: 0, backend: 0,
+      mean: new Float32Array(3), variance: new Float32Array(3),
+    });
+    const operand = (data: Float32Array, shape = [data.length]) => ({ data, shape });
+    const bnCall = (): Record<string, unknown> => ({
+      x: operand(new Float32Array([1, 2, 3, 4]), [2, 2]), mean: operand(new Float32Array([1, 2])),
+      variance: operand(new Float32Array([4, 4])), offset: operand(new Float32Array([10]), []), scale: null,
+      epsilon: 0, backend: 0, y: operand(new Float32Array(4), [2, 2]),
+    });
+    const edited = (base: () => Record<string, unknown>, edit: (o: Record<string, unknown>) => void) => {
+      const o = base();
+      edit(o);
+      return o;
+    };
+    const throwsType = (call: () => unknown, re: RegExp, what: string) =>
+      assert.throws(call, (e: Error) => e instanceof TypeError && re.test(e.message), what);
+
+    it('runs with every key given and reports the backend', () => {
+      const o = { ...momentsCall(), mean64: new Float64Array(3), m2: new Float64Array(3) } as unknown as MomentsCall;
+      assert.equal(native.moments(o), 'cpu');
+      assert.deepEqual(Array.from(o.mean as Float32Array), [2.5, 3.5, 4.5]);
+      assert.deepEqual(Array.from(o.variance as Float32Array), [2.25, 2.25, 2.25]);
+      assert.deepEqual(Array.from(o.m2!), [4.5, 4.5, 4.5]);
+      const b = bnCall() as unknown as BatchNormalizationCall;
+      assert.equal(native.batchNormalization(b), 'cpu');
+      assert.deepEqual(Array.from(b.y.data as Float32Array), [10, 10, 11, 11]);
+    });
+
+    it('moments: a missing key, a key of the wrong kind, an unknown key', () => {
+      for (const key of ['x', 'shape', 'axes', 'correction', 'backend', 'mean', 'variance']) {
+        throwsType(() => native.moments(edited(momentsCall, (o) => { delete o[key]; }) as never), new RegExp(`^moments: options\\.${key}\\b`), `missing ${key}`);
+      }
+      const cases: [string, unknown, RegExp][] = [
+        ['x', [1, 2, 3, 4, 5, 6], /^moments: options\.x must be a Float32Array/],
+        ['shape', '2,3', /^moments: options\.shape must be an array of integers/],
+        ['axes', 0, /^moments: options\.axes must be an array of integers/],
+        ['correction', '1', /^moments: options\.correction must be a number/],
+        ['backend', 'cpu', /^moments: options\.backend must be -1/],
+        ['variance', new Float64Array(3), /^moments: options\.variance must be a Float32Array/],
+        ['mean64', new Float32Array(3), /^moments: options\.mean64 must be a Float64Array/],
+        ['keepDims', true, /^moments: options\.keepDims is not a known key/],
+      ];
+      for (const [key, value, re] of cases) throwsType(() => native.moments({ ...momentsCall(), [key]: value } as never), re, key);
+      throwsType(() => native.moments({ ...momentsCall(), mean64: new Float64Array(3) } as never), /^moments: options\.m2 must be a Float64Array/, 'mean64 alone');
+      throwsType(() => native.moments({ ...momentsCall(), m2: new Float64Array(3) } as never), /^moments: options\.m2 needs options\.mean64/, 'm2 alone');
+      assert.throws(() => native.moments({ ...momentsCall(), mean64: new Float64Array(2), m2: new Float64Array(3) } as never),
+        { name: 'RangeError', message: /^moments: options\.mean64 must have 3 elements/ });
+      throwsType(() => (native.moments as unknown as (...a: unknown[]) => unknown)(new Float32Array(4), [4], [0]), /^moments: expected one options object/, 'positional');
+      throwsType(() => native.momentsAsync(edited(momentsCall, (o) => { delete o.axes; }) as never), /^moments: options\.axes/, 'async throws before queuing');
+    });
+
+    it('batchNormalization: a missing key, a key of the wrong kind, an unknown key', () => {
+      for (const key of ['x', 'mean', 'variance', 'epsilon', 'backend', 'y']) {
+        throwsType(() => native.batchNormalization(edited(bnCall, (o) => { delete o[key]; }) as never),
+          new RegExp(`^batchNormalization: options\\.${key}\\b`), `missing ${key}`);
+      }
+      const f = new Float32Array(2);
+      const cases: [string, unknown, RegExp][] = [
+        ['mean', f, /^batchNormalization: options\.mean must be an object \{data, shape\}/],
+        ['variance', { data: f }, /^batchNormalization: options\.variance\.shape must be an array of integers/],
+        ['scale', { shape: [2] }, /^batchNormalization: options\.scale\.data must be a Float32Array/],
+        ['x', { data: [1, 2, 3, 4], shape: [2, 2] }, /^batchNormalization: options\.x\.data must be a Float32Array/],
+        ['epsilon', '0', /^batchNormalization: options\.epsilon must be a number/],
+        ['varianceEpsilon', 1e-3, /^batchNormalization: options\.varianceEpsilon is not a known key/],
+        ['ofset', null, /^batchNormalization: options\.ofset is not a known key/],
+      ];
+      for (const [key, value, re] of cases) throwsType(() => native.batchNormalization({ ...bnCall(), [key]: value } as never), re, key);
+      throwsType(() => (native.batchNormalization as unknown as (...a: unknown[]) => unknown)(bnCall(), 1), /^batchNormalization: expected one options object/, 'two arguments');
+      throwsType(() => native.batchNormalizationAsync({ ...bnCall(), scale: 1 } as never), /^batchNormalization: options\.scale must be an object/, 'async throws before queuing');
+    });
+
+    it('device data: y lives where x does; mean64 and m2 need host data', () => {
+      // DeviceTensors of 0 elements exist without a GPU.
+      const empty = DeviceTensor.upload({ data: new Float32Array(0), shape: [0, 0] });
+      const h = empty.handle('test');
+      try {
+        throwsType(() => native.batchNormalization({ ...bnCall(), x: { data: h, shape: [0, 2] }, y: operand(new Float32Array(0), [0, 2]) } as never),
+          /^batchNormalization: options\.y\.data must be a DeviceTensor handle exactly when options\.x\.data is one/, 'host y');
+        throwsType(() => native.moments({ ...momentsCall(), x: h, shape: [0, 0], mean: new Float32Array(0), variance: new Float32Array(0) } as never),
+          /^moments: options\.mean must be a DeviceTensor handle, as x is/, 'host mean');
+        throwsType(() => native.moments({
+          ...momentsCall(), x: h, shape: [0, 0], mean: h, variance: h, mean64: new Float64Array(0), m2: new Float64Array(0),
+        } as never), /^moments: options\.mean64 and options\.m2 need host x/, 'mean64 with device x');
+      } finally {
+        empty.dispose();
+      }
+    });
   });
 });

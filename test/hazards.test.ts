@@ -16,6 +16,7 @@ import {
   sufficientStatistics,
 } from '../lib/index';
 import { native } from '../lib/binding';
+import type { BatchNormalizationCall, MomentsCall } from '../binding';
 import { randn } from './helpers';
 
 const LIB = path.join(__dirname, '..', 'lib', 'index.js');
@@ -283,14 +284,26 @@ describe('overlap is judged by memory, for every op and output', () => {
     const sab = new SharedArrayBuffer(4 * 96);
     const x = new Float32Array(sab, 0, 64);
     const alias = (off: number, n: number) => new Float32Array(sameMemoryOtherObject(sab), 4 * off, n);
-    assert.throws(() => native.moments(x, [8, 8], [0], 0, alias(4, 8), new Float32Array(8), 0), { name: 'RangeError', message: /moments: out\.mean overlaps x/ });
-    assert.throws(() => native.moments(new Float32Array(64), [8, 8], [0], 0, alias(0, 8), alias(4, 8), 0), { name: 'RangeError', message: /out\.mean overlaps out\.variance/ });
-    const bnArgs = (out: Float32Array, mean: Float32Array) => [x, [64], mean, [mean.length], new Float32Array([1]), [1], null, [], null, [], 0, out, [64], 0] as Parameters<typeof native.batchNormalization>;
-    assert.throws(() => native.batchNormalization(...bnArgs(alias(1, 64), new Float32Array([0]))), { name: 'RangeError', message: /out overlaps x/ });
-    assert.throws(() => native.batchNormalization(...bnArgs(new Float32Array(sab, 4 * 64, 32 ), new Float32Array(0))), RangeError); // length mismatch
-    const mean = alias(70, 1);
-    assert.throws(() => native.batchNormalization(x, [64], mean, [1], new Float32Array([1]), [1], null, [], null, [], 0, new Float32Array(sab, 4 * 32, 64), [64], 0),
-      { name: 'RangeError', message: /out overlaps/ });
+    const mc = (o: Partial<MomentsCall>): MomentsCall => ({
+      x, shape: [8, 8], axes: [0], correction: 0, backend: 0, mean: new Float32Array(8), variance: new Float32Array(8), ...o,
+    });
+    assert.throws(() => native.moments(mc({ mean: alias(4, 8) })), { name: 'RangeError', message: /moments: options\.mean overlaps options\.x/ });
+    assert.throws(() => native.moments(mc({ x: new Float32Array(64), mean: alias(0, 8), variance: alias(4, 8) })),
+      { name: 'RangeError', message: /options\.mean overlaps options\.variance/ });
+    assert.throws(() => native.moments(mc({ mean64: new Float64Array(sameMemoryOtherObject(sab), 4 * 60, 8), m2: new Float64Array(8) })),
+      { name: 'RangeError', message: /options\.mean64 overlaps options\.x/ });
+    const m2 = new Float64Array(8);
+    assert.throws(() => native.moments(mc({ mean64: m2, m2 })), { name: 'RangeError', message: /options\.mean64 overlaps options\.m2/ });
+    const bn = (y: Float32Array, mean: Float32Array): BatchNormalizationCall => ({
+      x: { data: x, shape: [64] }, mean: { data: mean, shape: [mean.length] }, variance: { data: new Float32Array([1]), shape: [1] },
+      offset: null, scale: null, epsilon: 0, backend: 0, y: { data: y, shape: [64] },
+    });
+    assert.throws(() => native.batchNormalization(bn(alias(1, 64), new Float32Array([0]))), { name: 'RangeError', message: /options\.y overlaps options\.x/ });
+    assert.throws(() => native.batchNormalization(bn(new Float32Array(sab, 4 * 64, 32), new Float32Array([0]))), RangeError); // length mismatch
+    // y disjoint from x but over a parameter: x is 32 elements here, y the next 64.
+    const y = new Float32Array(sab, 4 * 32, 64);
+    assert.throws(() => native.batchNormalization({ ...bn(y, alias(70, 1)), x: { data: x.subarray(0, 32), shape: [32] }, y: { data: y, shape: [2, 32] } }),
+      { name: 'RangeError', message: /options\.y overlaps options\.mean/ });
     const sums = (sumDy: Float64Array, sumDyXmu: Float64Array, savedMean: Float32Array<ArrayBufferLike> = new Float32Array(8)) => ({
       dy: x, x: new Float32Array(64), shape: [8, 8], axis: 1, savedMean, backend: 0 as const, sumDy, sumDyXmu,
     });

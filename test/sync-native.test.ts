@@ -43,7 +43,9 @@ function shardStats(o: FusedBatchNormCall) {
   const mean = new Float64Array(C);
   const m2 = new Float64Array(C);
   const axes = o.shape.map((_, i) => i).filter((i) => i !== o.axis);
-  native.moments(o.x as Float32Array, o.shape, axes, 0, new Float32Array(C), new Float32Array(C), 0, mean, m2);
+  native.moments({
+    x: o.x, shape: o.shape, axes, correction: 0, backend: 0, mean: new Float32Array(C), variance: new Float32Array(C), mean64: mean, m2,
+  });
   return { count: product(o.shape) / C, mean, m2 };
 }
 

@@ -124,7 +124,10 @@ export async function syncMoments(fn: string, x: unknown, axes: unknown, options
     const k = p.n;
     const mean = new Float64Array(k);
     const m2 = new Float64Array(k);
-    await native.momentsAsync(fixedInput(p.x), p.shape, p.axes, 0, new Float32Array(k), new Float32Array(k), p.backend, mean, m2);
+    await native.momentsAsync({
+      x: fixedInput(p.x), shape: p.shape, axes: p.axes, correction: 0, backend: p.backend,
+      mean: new Float32Array(k), variance: new Float32Array(k), mean64: mean, m2,
+    });
     const red = new Set(p.axes);
     const s = await gatherStatistics(fn, comm, product(p.shape.filter((_, i) => red.has(i))), mean, m2);
     const d = s.count - p.correction;
@@ -176,7 +179,10 @@ export async function syncFusedBatchNorm(
       const mean = new Float64Array(C);
       const m2 = new Float64Array(C);
       const xt = p.x as Tensor;
-      await native.momentsAsync(xt.data, xt.shape.slice(), p.view.reduceAxes, 0, new Float32Array(C), new Float32Array(C), p.code, mean, m2);
+      await native.momentsAsync({
+        x: xt.data, shape: xt.shape.slice(), axes: p.view.reduceAxes, correction: 0, backend: p.code,
+        mean: new Float32Array(C), variance: new Float32Array(C), mean64: mean, m2,
+      });
       const g = await gatherStatistics(fn, comm, p.view.n, mean, m2);
       started = true;
       const wholeBatch = { count: g.count, mean: g.mean, m2: g.m2 };
