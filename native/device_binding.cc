@@ -5,6 +5,7 @@
 // not before every async op that holds it has finished.
 #include "device_binding.h"
 
+#include "args.h"
 #include "async_work.h"
 
 #include <cmath>
@@ -46,10 +47,6 @@ DeviceHandle* unwrap(Napi::Value v) {
   std::lock_guard<std::mutex> lock(r.mu);
   return r.live.count(h) ? h : nullptr;
 }
-
-[[noreturn]] void throw_status(Napi::Env env, const Status& s) { throw Napi::Error(env, status_error(env, s)); }
-[[noreturn]] void type_error(Napi::Env env, const std::string& m) { throw Napi::TypeError::New(env, m); }
-[[noreturn]] void range_error(Napi::Env env, const std::string& m) { throw Napi::RangeError::New(env, m); }
 
 Napi::Value make_handle(Napi::Env env, std::shared_ptr<DeviceBlock> block, size_t length) {
   auto* h = new DeviceHandle{std::move(block), length};
@@ -194,19 +191,6 @@ Napi::Value Synchronize(const Napi::CallbackInfo& info) {
 }
 
 // ---- deviceTimeOp(op, spec, warmup, reps) -> per-run milliseconds ---------------------
-Shape shape_of(Napi::Env env, Napi::Value v, const char* name) {
-  if (!v.IsArray()) type_error(env, std::string("deviceTimeOp: ") + name + " must be an array");
-  Napi::Array a = v.As<Napi::Array>();
-  if (a.Length() > 64) range_error(env, "deviceTimeOp: rank > 64");
-  Shape s(a.Length());
-  for (uint32_t i = 0; i < a.Length(); ++i) {
-    const double d = a.Get(i).IsNumber() ? a.Get(i).As<Napi::Number>().DoubleValue() : -1;
-    if (!(d >= 0) || d != std::floor(d)) type_error(env, std::string("deviceTimeOp: ") + name + " must hold integers");
-    s[i] = static_cast<int64_t>(d);
-  }
-  return s;
-}
-
 float* tensor_of(Napi::Env env, Napi::Object spec, const char* key, int64_t expect, bool nullable) {
   Napi::Value v = spec.Get(key);
   if (nullable && (v.IsNull() || v.IsUndefined())) return nullptr;
@@ -219,6 +203,7 @@ float* tensor_of(Napi::Env env, Napi::Object spec, const char* key, int64_t expe
 
 Napi::Value TimeOp(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
+  const char* fn = "deviceTimeOp";
   const std::string op = info[0].IsString() ? info[0].As<Napi::String>().Utf8Value() : "";
   if (!info[1].IsObject()) type_error(env, "deviceTimeOp: spec must be an object");
   Napi::Object spec = info[1].As<Napi::Object>();
@@ -231,17 +216,8 @@ Napi::Value TimeOp(const Napi::CallbackInfo& info) {
   if (op == "moments") {
     MomentsArgs a;
     a.mem = Memory::kDevice;
-    a.shape = shape_of(env, spec.Get("shape"), "shape");
-    a.reduce.assign(a.shape.size(), false);
-    Napi::Value axv = spec.Get("axes");
-    if (!axv.IsArray()) type_error(env, "deviceTimeOp: axes must be an array");
-    Napi::Array ax = axv.As<Napi::Array>();
-    for (uint32_t i = 0; i < ax.Length(); ++i) {
-      const double d = ax.Get(i).IsNumber() ? ax.Get(i).As<Napi::Number>().DoubleValue() : -1;
-      if (!(d >= 0 && d < static_cast<double>(a.shape.size())) || d != std::floor(d) || a.reduce[static_cast<size_t>(d)])
-        range_error(env, "deviceTimeOp: axes must be distinct axes in [0, rank)");
-      a.reduce[static_cast<size_t>(d)] = true;
-    }
+    a.shape = read_shape(env, spec.Get("shape"), fn, "spec.shape");
+    a.reduce = read_axes(env, spec.Get("axes"), fn, "spec.axes", a.shape.size());
     int64_t kept = 1;
     for (size_t d = 0; d < a.shape.size(); ++d)
       if (!a.reduce[d]) kept *= a.shape[d];
@@ -253,20 +229,16 @@ Napi::Value TimeOp(const Napi::CallbackInfo& info) {
   } else if (op == "batchNormalization") {
     BatchNormArgs a;
     a.mem = Memory::kDevice;
-    a.out_shape = shape_of(env, spec.Get("outShape"), "outShape");
+    a.out_shape = read_shape(env, spec.Get("outShape"), fn, "spec.outShape");
     static const char* names[5] = {"x", "mean", "variance", "offset", "scale"};
     static const char* shapes[5] = {"xShape", "meanShape", "varianceShape", "offsetShape", "scaleShape"};
     Operand* ops[5] = {&a.x, &a.mean, &a.variance, &a.offset, &a.scale};
     for (int k = 0; k < 5; ++k) {
       ops[k]->mem = Memory::kDevice;
-      ops[k]->shape = shape_of(env, spec.Get(shapes[k]), shapes[k]);
-      const Shape& sh = ops[k]->shape;
-      if (sh.size() > a.out_shape.size()) range_error(env, "deviceTimeOp: operand rank above the output's");
-      for (size_t i = 0; i < sh.size(); ++i) {
-        const int64_t e = sh[sh.size() - 1 - i], o = a.out_shape[a.out_shape.size() - 1 - i];
-        if (e != o && e != 1) range_error(env, std::string("deviceTimeOp: ") + names[k] + " does not broadcast");
-      }
-      ops[k]->data = tensor_of(env, spec, names[k], numel(sh), k >= 3);
+      const std::string shape_key = std::string("spec.") + shapes[k];
+      ops[k]->shape = read_shape(env, spec.Get(shapes[k]), fn, shape_key.c_str());
+      check_broadcast(env, fn, shape_key.c_str(), ops[k]->shape, a.out_shape);
+      ops[k]->data = tensor_of(env, spec, names[k], numel(ops[k]->shape), k >= 3);
     }
     a.epsilon = spec.Get("epsilon").IsNumber() ? spec.Get("epsilon").As<Napi::Number>().DoubleValue() : 1e-3;
     a.y = tensor_of(env, spec, "out", numel(a.out_shape), false);

@@ -5,7 +5,7 @@
 // the caching allocator, async variants.
 import * as assert from 'node:assert/strict';
 import {
-  BackendError, DeviceTensor, backends, batchNormalization, batchNormalizationAsync, emptyCache, explain,
+  BackendError, DeviceTensor, backends, batchNormalization, batchNormalizationAsync, deviceTimeOp, emptyCache, explain,
   memoryInfo, moments, momentsAsync, tensor,
 } from '../lib/index';
 import {
@@ -105,6 +105,16 @@ describe('DeviceTensor and CUDA dispatch (any machine)', () => {
     }
     if (!cuda.available) assert.equal(m.reservedBytes, 0);
     emptyCache();
+  });
+
+  it('deviceTimeOp names the bad key of its spec before touching the GPU', () => {
+    const cases: [Parameters<typeof deviceTimeOp>, RegExp][] = [
+      [['moments', { shape: [2, 'a'], axes: [0] }], /^deviceTimeOp: spec\.shape\[1\] must be a non-negative integer/],
+      [['moments', { shape: [2, 2], axes: [0, 0] }], /^deviceTimeOp: spec\.axes\[1\] must be a distinct axis in \[0, 2\)/],
+      [['batchNormalization', { outShape: [4], xShape: [3] }], /^deviceTimeOp: spec\.xShape does not broadcast to the output shape/],
+      [['moments', { shape: [2, 2], axes: [0], x: new Float32Array(4) }], /^deviceTimeOp: spec\.x must be a live DeviceTensor handle/],
+    ];
+    for (const [args, re] of cases) assert.throws(() => deviceTimeOp(...args), { message: re });
   });
 
   it('info reports the device or the reason', () => {
