@@ -81,6 +81,16 @@ double* read_f64(Napi::Env env, Napi::Value v, const char* fn, const char* name,
   return a.Data();
 }
 
+namespace {
+// A JS number that is an integer in [0, limit) (limit at most 2^53, where doubles stop
+// being exact), or -1.
+int64_t index_below(Napi::Value v, double limit) {
+  const double d = v.IsNumber() ? v.As<Napi::Number>().DoubleValue() : -1.0;
+  return d >= 0 && d < limit && d == std::floor(d) ? static_cast<int64_t>(d) : -1;
+}
+constexpr double kExactLimit = 9007199254740992.0;  // 2^53
+}  // namespace
+
 Shape read_shape(Napi::Env env, Napi::Value v, const char* fn, const char* name) {
   if (!v.IsArray()) type_error(env, std::string(fn) + ": " + name + " must be an array of integers");
   Napi::Array arr = v.As<Napi::Array>();
@@ -90,11 +100,9 @@ Shape read_shape(Napi::Env env, Napi::Value v, const char* fn, const char* name)
   Shape s(arr.Length());
   int64_t total = 1;
   for (uint32_t k = 0; k < arr.Length(); ++k) {
-    Napi::Value e = arr.Get(k);
-    const double d = e.IsNumber() ? e.As<Napi::Number>().DoubleValue() : -1.0;
-    if (!(d >= 0) || d != std::floor(d) || d > 9007199254740991.0)
+    s[k] = index_below(arr.Get(k), kExactLimit);
+    if (s[k] < 0)
       type_error(env, std::string(fn) + ": " + name + "[" + std::to_string(k) + "] must be a non-negative integer");
-    s[k] = static_cast<int64_t>(d);
     if (s[k] != 0 && total > std::numeric_limits<int64_t>::max() / s[k])
       range_error(env, std::string(fn) + ": " + name + " has too many elements");
     total *= s[k];
@@ -107,9 +115,8 @@ std::vector<bool> read_axes(Napi::Env env, Napi::Value v, const char* fn, const 
   Napi::Array axes = v.As<Napi::Array>();
   std::vector<bool> reduce(rank, false);
   for (uint32_t k = 0; k < axes.Length(); ++k) {
-    Napi::Value e = axes.Get(k);
-    const double d = e.IsNumber() ? e.As<Napi::Number>().DoubleValue() : -1.0;
-    if (!(d >= 0) || d != std::floor(d) || d >= static_cast<double>(rank) || reduce[static_cast<size_t>(d)])
+    const int64_t d = index_below(axes.Get(k), static_cast<double>(rank));
+    if (d < 0 || reduce[static_cast<size_t>(d)])
       range_error(env, std::string(fn) + ": " + name + "[" + std::to_string(k) + "] must be a distinct axis in [0, " +
                            std::to_string(rank) + ")");
     reduce[static_cast<size_t>(d)] = true;
