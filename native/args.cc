@@ -156,7 +156,14 @@ Napi::Object get_options(const Napi::CallbackInfo& info, const char* fn) {
 
 Napi::Object get_options(const Napi::CallbackInfo& info, const char* fn, std::initializer_list<const char*> known) {
   Napi::Object o = get_options(info, fn);
-  Napi::Array keys = o.GetPropertyNames();
+  // Own keys only: an enumerable property someone added to Object.prototype is no option.
+  napi_value names = nullptr;
+  NAPI_THROW_IF_FAILED(info.Env(),
+                       napi_get_all_property_names(info.Env(), o, napi_key_own_only,
+                                                   static_cast<napi_key_filter>(napi_key_enumerable | napi_key_skip_symbols),
+                                                   napi_key_numbers_to_strings, &names),
+                       o);
+  Napi::Array keys(info.Env(), names);
   for (uint32_t k = 0; k < keys.Length(); ++k) {
     const std::string key = keys.Get(k).As<Napi::String>().Utf8Value();
     bool ok = false;

@@ -144,6 +144,8 @@ describe('errors', () => {
       const b = bnCall() as unknown as BatchNormalizationCall;
       assert.equal(native.batchNormalization(b), 'cpu');
       assert.deepEqual(Array.from(b.y.data as Float32Array), [10, 10, 11, 11]);
+      // Only own keys count: an enumerable key inherited from a prototype is no option.
+      assert.equal(native.moments(Object.assign(Object.create({ inherited: 1 }), momentsCall())), 'cpu');
     });
 
     it('moments: a missing key, a key of the wrong kind, an unknown key', () => {
