@@ -333,7 +333,9 @@ CallInfo training_call(const ChannelLayout& l, double eps, bool training, bool s
 FusedCall parse_fused(const Napi::CallbackInfo& info) {
   const char* fn = "fusedBatchNorm";
   Napi::Env env = info.Env();
-  Napi::Object o = get_options(info, fn);
+  Napi::Object o = get_options(info, fn, {"x", "shape", "axis", "scale", "offset", "mean", "variance", "epsilon", "exponentialAvgFactor", "isTraining",
+                                          "backend", "y", "batchMean", "batchVariance", "batchVarianceBiased", "runningMean",
+                                          "runningVariance", "savedMean", "savedInvStd", "wholeBatch", "nccl"});
   FusedCall c;
   FusedArgs& a = c.args;
   a.layout = attr_layout(o, fn);
@@ -379,7 +381,8 @@ FusedCall parse_fused(const Napi::CallbackInfo& info) {
 GradCall parse_grad(const Napi::CallbackInfo& info) {
   const char* fn = "batchNormalizationGrad";
   Napi::Env env = info.Env();
-  Napi::Object o = get_options(info, fn);
+  Napi::Object o = get_options(info, fn, {"dy", "x", "shape", "axis", "scale", "savedMean", "savedInvStd", "epsilon", "isTraining", "backend",
+                                          "dx", "dscale", "doffset", "wholeBatch", "nccl"});
   GradCall c;
   GradArgs& a = c.args;
   a.layout = attr_layout(o, fn);
@@ -435,7 +438,7 @@ struct GradSumsCall : OpCall<GradSumsCall> {
 GradSumsCall parse_grad_sums(const Napi::CallbackInfo& info) {
   const char* fn = "channelGradSums";
   Napi::Env env = info.Env();
-  Napi::Object o = get_options(info, fn);
+  Napi::Object o = get_options(info, fn, {"dy", "x", "shape", "axis", "savedMean", "backend", "sumDy", "sumDyXmu"});
   GradSumsCall c;
   const ChannelLayout l = attr_layout(o, fn);
   const int64_t n = numel(l.shape), C = l.C;
