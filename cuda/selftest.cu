@@ -3,6 +3,9 @@
 // random data, on the benchmark workloads W1-W6 and on layouts that take every kernel
 // variant; then times them with CUDA events beside a device-to-device copy and a
 // read-only kernel of the same bytes (and cuDNN's training calls where libcudnn loads).
+// Synchronized batch norm: the rank merge against a float64 host reference, the
+// whole-batch ops against the local ones given the shard's own statistics (bit for bit),
+// and, where libnccl loads, a single-rank NCCL communicator through the same ops.
 // Built only when CMake finds nvcc, never part of the addon. Prints PASS/FAIL per check
 // and exits non-zero when any check fails or no GPU is usable.
 //
@@ -22,7 +25,9 @@
 #include <vector>
 
 #include "common.cuh"
+#include "sync_stats.cuh"
 #include "../native/backend_api/cudnn.h"
+#include "../native/backend_api/nccl.h"
 
 using namespace bn;
 using namespace bn::cuda;
@@ -651,6 +656,356 @@ void run_case(const Case& cs, int reps, bool timing) {
   }
 }
 
+// ---- synchronized batch norm -----------------------------------------------------------
+// stats::merge's arithmetic on the host (the target builds host code without FMA
+// contraction, as the device code): folding the same blocks in the same order must give
+// the device's bits.
+void host_merge(double& n, double& mean, double& m2, double bn, double bmean, double bm2) {
+  if (bn == 0) return;
+  if (n == 0) {
+    n = bn;
+    mean = bmean;
+    m2 = bm2;
+    return;
+  }
+  const double nab = n + bn;
+  const double delta = bmean - mean;
+  mean = std::isfinite(delta) ? mean + delta * (bn / nab) : mean * (n / nab) + bmean * (bn / nab);
+  m2 += bm2 + delta * delta * (n * bn / nab);
+  n = nab;
+}
+
+struct CaptureSink {
+  double* n;
+  double* mean;
+  double* m2;
+  __device__ void operator()(long long c, const stats::Stats& s) const {
+    n[c] = s.n;
+    mean[c] = s.mean;
+    m2[c] = s.m2;
+  }
+};
+
+// Runs merge_ranks_kernel on host-packed blocks; false when the device calls failed.
+bool device_merge(const std::vector<double>& packed, int ranks, int64_t C, std::vector<double>* out) {
+  Buf in, res;
+  if (!upload(in, packed.data(), packed.size() * sizeof(double)) || !res.alloc(3 * C * sizeof(double))) return false;
+  cudaStream_t st;
+  if (!get_stream(&st, "selftest").ok()) return false;
+  double* r = static_cast<double*>(res.p);
+  syncbn::merge_ranks_kernel<CaptureSink><<<grid_for(C, 256), 256, 0, st>>>(static_cast<const double*>(in.p), ranks, C,
+                                                                             CaptureSink{r, r + C, r + 2 * C});
+  if (!check_launch("selftest", "merge_ranks_kernel").ok() || !synchronize("selftest").ok()) return false;
+  *out = download<double>(res.p, static_cast<size_t>(3 * C));
+  return true;
+}
+
+// Synthetic ranks with uneven shards, one of them empty, against the pooled data's
+// two-pass float64 statistics; then every rank empty, and one rank alone.
+void check_rank_merge() {
+  const int64_t C = 37;
+  const std::vector<int64_t> counts = {5, 0, 1, 17, 300, 2};
+  const int R = static_cast<int>(counts.size());
+  const int64_t P = syncbn::packed_size(C);
+  std::vector<double> packed(static_cast<size_t>(R * P), 0.0);
+  std::vector<std::vector<double>> pooled(static_cast<size_t>(C));
+  for (int r = 0; r < R; ++r) {
+    double* blk = packed.data() + r * P;
+    blk[0] = static_cast<double>(counts[r]);
+    for (int64_t c = 0; c < C; ++c) {
+      Rng g(static_cast<uint64_t>(1000 * r + c + 7));
+      std::vector<double> v(static_cast<size_t>(counts[r]));
+      // Shards far apart (a mean step of 1e3 per rank) and of different spreads.
+      for (double& e : v) e = static_cast<float>(1e3 * r + c + (1 + r) * g.normal());
+      double m = 0, m2 = 0;
+      for (double e : v) m += e;
+      if (!v.empty()) m /= static_cast<double>(v.size());
+      for (double e : v) m2 += (e - m) * (e - m);
+      // An empty shard's mean/M2 are whatever its statistics pass wrote (0): never read.
+      blk[1 + c] = v.empty() ? 0 : m;
+      blk[1 + C + c] = v.empty() ? 0 : m2;
+      pooled[static_cast<size_t>(c)].insert(pooled[static_cast<size_t>(c)].end(), v.begin(), v.end());
+    }
+  }
+  std::vector<double> got;
+  if (!device_merge(packed, R, C, &got)) {
+    report(false, "sync: rank merge", "device calls failed");
+    return;
+  }
+  Compare cref, cbits;
+  bool counts_ok = true;
+  for (int64_t c = 0; c < C; ++c) {
+    const std::vector<double>& v = pooled[static_cast<size_t>(c)];
+    double m = 0, m2 = 0;
+    for (double e : v) m += e;
+    m /= static_cast<double>(v.size());
+    for (double e : v) m2 += (e - m) * (e - m);
+    double hn = 0, hm = 0, hm2 = 0;
+    for (int r = 0; r < R; ++r) {
+      const double* blk = packed.data() + r * P;
+      host_merge(hn, hm, hm2, blk[0], blk[1 + c], blk[1 + C + c]);
+    }
+    if (got[static_cast<size_t>(c)] != static_cast<double>(v.size())) counts_ok = false;
+    cref.add(c, got[static_cast<size_t>(C + c)], m, 1e-13 * std::fabs(m) + 1e-12);
+    cref.add(C + c, got[static_cast<size_t>(2 * C + c)], m2, 1e-11 * m2 + 1e-12);
+    // Bits: 0 when equal, else beyond tolerance.
+    cbits.add(c, std::memcmp(&got[static_cast<size_t>(C + c)], &hm, 8) == 0 ? 0 : 1, 0, 0.5);
+    cbits.add(C + c, std::memcmp(&got[static_cast<size_t>(2 * C + c)], &hm2, 8) == 0 ? 0 : 1, 0, 0.5);
+  }
+  report(counts_ok, "sync: rank merge count = sum of the shards' counts (one shard empty)", "");
+  report(cref.ok(), "sync: rank merge mean/M2 vs pooled float64 two-pass", cref.text());
+  report(cbits.ok(), "sync: rank merge bit-identical to the same fold in rank order on the host", cbits.text());
+  std::vector<double> again;
+  report(device_merge(packed, R, C, &again) && std::memcmp(again.data(), got.data(), got.size() * 8) == 0,
+         "sync: rank merge bit-identical on a second run", "");
+
+  // Every shard empty: the whole batch is empty (count 0; the bookkeeping makes NaN of it).
+  std::vector<double> empty(static_cast<size_t>(3 * P), 0.0);
+  std::vector<double> e;
+  bool all_zero = device_merge(empty, 3, C, &e);
+  for (size_t i = 0; all_zero && i < e.size(); ++i) all_zero = e[i] == 0;
+  report(all_zero, "sync: rank merge of empty shards only has count 0", "");
+
+  // One rank: its own statistics, bit for bit.
+  std::vector<double> one(packed.begin() + 4 * P, packed.begin() + 5 * P), o;
+  bool same = device_merge(one, 1, C, &o);
+  for (int64_t c = 0; same && c < C; ++c)
+    same = o[static_cast<size_t>(c)] == one[0] && std::memcmp(&o[static_cast<size_t>(C + c)], &one[1 + c], 8) == 0 &&
+           std::memcmp(&o[static_cast<size_t>(2 * C + c)], &one[1 + C + c], 8) == 0;
+  report(same, "sync: rank merge of one rank is that rank's statistics", "");
+}
+
+// Device buffers of one forward + backward's outputs, to compare two runs bit for bit.
+struct RunOut {
+  Buf y, stats, dx, grads;  // stats: 8 float vectors; grads: dscale, doffset + 2 double vectors
+};
+
+bool same_bits(const Buf& a, const Buf& b, size_t bytes) {
+  if (bytes == 0) return true;
+  const auto ha = download<unsigned char>(a.p, bytes), hb = download<unsigned char>(b.p, bytes);
+  return std::memcmp(ha.data(), hb.data(), bytes) == 0;
+}
+
+// Which synchronized path a run takes.
+enum class Sync { kLocal, kWholeBatch, kNccl };
+
+// One forward (factor 0.1, running inputs separate from the outputs so every run reads
+// the same) and one training backward from that forward's saved statistics. kWholeBatch
+// is given `ref`'s float64 statistics and sums (the shard's own: a one-rank batch).
+Status run_sync(const ChannelView& v, const float* x, const float* dy, const Buf& scale, const Buf& offset,
+                const Buf& rm, const Buf& rv, Sync mode, nccl::Comm* comm, const RunOut* ref, RunOut* o) {
+  const int64_t n = v.A * v.C * v.B, C = v.C;
+  const size_t nb = static_cast<size_t>(n) * sizeof(float) + 16;
+  if (!o->y.alloc(nb) || !o->dx.alloc(nb) || !o->stats.alloc(static_cast<size_t>(C) * 8 * sizeof(float) + 16) ||
+      !o->grads.alloc(static_cast<size_t>(C) * (2 * sizeof(float) + 4 * sizeof(double)) + 16))
+    return Status::Error(Code::kCudaOutOfMemory, "selftest: allocation");
+  float* sv = o->stats.f();
+  double* g64 = reinterpret_cast<double*>(o->grads.p);  // mean64, m2_64, sum_dy, sum_dy_xmu
+  float* gf = reinterpret_cast<float*>(g64 + 4 * C);     // dscale, doffset
+  const double cnt = static_cast<double>(v.A) * static_cast<double>(v.B);
+  const double* r64 = ref ? reinterpret_cast<const double*>(ref->grads.p) : nullptr;
+  FusedBatchNormArgs a;
+  a.view = v;
+  a.x = x;
+  a.scale = scale.f();
+  a.offset = offset.f();
+  a.running_mean = rm.f();
+  a.running_var = rv.f();
+  a.factor = 0.1;
+  a.plan = ForwardPlan::kTwoPass;
+  a.y = o->y.f();
+  a.batch_mean = sv;
+  a.batch_var = sv + C;
+  a.batch_var_biased = sv + 2 * C;
+  a.running_mean_out = sv + 3 * C;
+  a.running_var_out = sv + 4 * C;
+  a.saved_mean = sv + 5 * C;
+  a.saved_inv_std = sv + 6 * C;
+  a.mean64 = g64;
+  a.m2_64 = g64 + C;
+  WholeBatchStats ws{cnt, r64, r64 ? r64 + C : nullptr};
+  if (mode == Sync::kWholeBatch) a.whole_batch = &ws;
+  if (mode == Sync::kNccl) a.nccl = comm;
+  BN_TRY(fused_batch_norm(a));
+  BatchNormGradArgs g;
+  g.view = v;
+  g.dy = dy;
+  g.x = x;
+  g.scale = scale.f();
+  g.saved_mean = sv + 5 * C;
+  g.saved_inv_std = sv + 6 * C;
+  g.dx = o->dx.f();
+  g.dscale = gf;
+  g.doffset = gf + C;
+  g.sum_dy = g64 + 2 * C;
+  g.sum_dy_xmu = g64 + 3 * C;
+  WholeBatchGradSums wg{cnt, r64 ? r64 + 2 * C : nullptr, r64 ? r64 + 3 * C : nullptr, r64 ? r64 + 2 * C : nullptr,
+                        r64 ? r64 + 3 * C : nullptr};
+  if (mode == Sync::kWholeBatch) g.whole_batch = &wg;
+  if (mode == Sync::kNccl) g.nccl = comm;
+  BN_TRY(batch_norm_grad(g));
+  return synchronize("selftest");
+}
+
+bool same_run(const RunOut& a, const RunOut& b, int64_t n, int64_t C) {
+  return same_bits(a.y, b.y, static_cast<size_t>(n) * 4) && same_bits(a.dx, b.dx, static_cast<size_t>(n) * 4) &&
+         same_bits(a.stats, b.stats, static_cast<size_t>(C) * 7 * 4) &&
+         same_bits(a.grads, b.grads, static_cast<size_t>(C) * (4 * 8 + 2 * 4));
+}
+
+// Host data through the op the dispatcher calls: whole-batch vectors staged in.
+Status run_sync_host_op(const Case& cs, const Host& h, const std::vector<double>* whole, std::vector<float>* out) {
+  const ChannelView v = view_of(cs);
+  const int64_t n = v.A * v.C * v.B, C = v.C;
+  out->assign(static_cast<size_t>(2 * n + 10 * C), 0.f);
+  float* y = out->data();
+  float* dx = y + n;
+  float* st = dx + n;
+  FusedArgs f;
+  f.layout = ChannelLayout{cs.shape, cs.axis, v.A, v.C, v.B};
+  f.x = h.x.data();
+  f.scale = h.scale.data();
+  f.offset = h.offset.data();
+  f.running_mean = h.rmean.data();
+  f.running_var = h.rvar.data();
+  f.factor = 0.1;
+  f.y = y;
+  f.batch_mean = st;
+  f.batch_var = st + C;
+  f.batch_var_biased = st + 2 * C;
+  f.running_mean_out = st + 3 * C;
+  f.running_var_out = st + 4 * C;
+  f.saved_mean = st + 5 * C;
+  f.saved_inv_std = st + 6 * C;
+  f.mem = Memory::kHost;
+  const double cnt = static_cast<double>(v.A) * static_cast<double>(v.B);
+  WholeBatchStats ws;
+  if (whole) {
+    ws = WholeBatchStats{cnt, whole->data(), whole->data() + C};
+    f.whole_batch = &ws;
+  }
+  BN_TRY(fused_batch_norm_op(f));
+  GradArgs g;
+  g.layout = f.layout;
+  g.dy = h.dy.data();
+  g.x = h.x.data();
+  g.scale = h.scale.data();
+  g.saved_mean = st + 5 * C;
+  g.saved_inv_std = st + 6 * C;
+  g.dx = dx;
+  g.dscale = st + 7 * C;
+  g.doffset = st + 8 * C;
+  g.mem = Memory::kHost;
+  WholeBatchGradSums wg;
+  if (whole) {
+    const double* w = whole->data();
+    wg = WholeBatchGradSums{cnt, w + 2 * C, w + 3 * C, w + 2 * C, w + 3 * C};
+    g.whole_batch = &wg;
+  }
+  return batch_norm_grad_op(g);
+}
+
+void check_sync_case(const Case& cs, nccl::Comm* comm) {
+  const ChannelView v = view_of(cs);
+  const int64_t n = v.A * v.C * v.B, C = v.C;
+  const std::string tag = "sync: " + cs.name + " " + shape_text(cs.shape) + " axis " + std::to_string(cs.axis);
+  Host h;
+  h.x.resize(static_cast<size_t>(n));
+  h.dy.resize(static_cast<size_t>(n));
+  h.scale.resize(static_cast<size_t>(C));
+  h.offset.resize(static_cast<size_t>(C));
+  h.rmean.resize(static_cast<size_t>(C));
+  h.rvar.resize(static_cast<size_t>(C));
+  fill_normal(h.x, cs.data_mean, cs.data_sd, 11);
+  fill_normal(h.dy, 0, 1, 12);
+  fill_normal(h.scale, 1, 0.5, 13);
+  fill_normal(h.offset, 0, 1, 14);
+  fill_normal(h.rmean, 0, 1, 15);
+  fill_normal(h.rvar, 2, 0.5, 16);
+  for (auto& r : h.rvar) r = std::fabs(r);
+  if (cs.nan_channel && n > 0) h.x[0] = NAN;
+  const size_t shift = cs.misalign ? 1 : 0;
+  std::vector<float> xs(static_cast<size_t>(n) + shift, 0.f), dys(static_cast<size_t>(n) + shift, 0.f);
+  std::copy(h.x.begin(), h.x.end(), xs.begin() + shift);
+  std::copy(h.dy.begin(), h.dy.end(), dys.begin() + shift);
+  Buf bx, bdy, bscale, boffset, brm, brv;
+  if (!upload(bx, xs.data(), xs.size() * 4) || !upload(bdy, dys.data(), dys.size() * 4) ||
+      !upload(bscale, h.scale.data(), C * 4) || !upload(boffset, h.offset.data(), C * 4) ||
+      !upload(brm, h.rmean.data(), C * 4) || !upload(brv, h.rvar.data(), C * 4)) {
+    report(false, tag, "device allocation or upload failed");
+    return;
+  }
+  const float* x = bx.f() + shift;
+  const float* dy = bdy.f() + shift;
+  RunOut local, whole;
+  if (!check_status(run_sync(v, x, dy, bscale, boffset, brm, brv, Sync::kLocal, nullptr, nullptr, &local),
+                    tag + " local forward + backward"))
+    return;
+  if (check_status(run_sync(v, x, dy, bscale, boffset, brm, brv, Sync::kWholeBatch, nullptr, &local, &whole),
+                   tag + " whole-batch forward + backward"))
+    report(same_run(local, whole, n, C), tag + " whole-batch (the shard's own statistics) = local, bit for bit", "");
+  if (comm) {
+    RunOut viaNccl;
+    if (check_status(run_sync(v, x, dy, bscale, boffset, brm, brv, Sync::kNccl, comm, nullptr, &viaNccl),
+                     tag + " NCCL one-rank forward + backward"))
+      report(same_run(local, viaNccl, n, C), tag + " NCCL one rank = local two-pass, bit for bit", "");
+  }
+  // Host data through fused_batch_norm_op / batch_norm_grad_op (the staging path).
+  const auto own = download<double>(local.grads.p, static_cast<size_t>(4 * C));
+  std::vector<float> host_local, host_whole;
+  if (check_status(run_sync_host_op(cs, h, nullptr, &host_local), tag + " host op") &&
+      check_status(run_sync_host_op(cs, h, &own, &host_whole), tag + " host op, whole batch"))
+    report(std::memcmp(host_local.data(), host_whole.data(), host_local.size() * 4) == 0,
+           tag + " host op: whole-batch (staged) = local, bit for bit", "");
+}
+
+// The refusals that need no second rank.
+void check_sync_errors(nccl::Comm* comm) {
+  const ChannelView v{4, 8, 1};
+  Buf bx, by;
+  std::vector<float> hx(32, 1.f);
+  std::vector<double> h64(16, 0.0);
+  Buf b64;
+  if (!upload(bx, hx.data(), 128) || !by.alloc(128) || !upload(b64, h64.data(), 128)) {
+    report(false, "sync: errors", "device allocation failed");
+    return;
+  }
+  const double* d64 = static_cast<const double*>(b64.p);
+  WholeBatchStats ws{4, d64, d64 + 8};
+  FusedBatchNormArgs a;
+  a.view = v;
+  a.x = bx.f();
+  a.y = by.f();
+  a.whole_batch = &ws;
+  a.plan = ForwardPlan::kPersistent;
+  report(fused_batch_norm(a).code == Code::kUnsupported, "sync: whole batch with the persistent plan is kUnsupported",
+         "");
+  a.plan = ForwardPlan::kAuto;
+  WholeBatchStats missing_m2{4, d64, nullptr};
+  a.whole_batch = &missing_m2;
+  report(fused_batch_norm(a).code == Code::kRangeError, "sync: whole batch without M2 is kRangeError", "");
+  FusedArgs f;
+  f.layout = ChannelLayout{Shape{4, 8}, 1, 4, 8, 1};
+  std::vector<float> y(32);
+  f.x = hx.data();
+  f.y = y.data();
+  f.mem = Memory::kHost;
+  f.nccl = comm ? comm : reinterpret_cast<nccl::Comm*>(&f);  // refused before it is used
+  const Status hs = fused_batch_norm_op(f);
+  report(hs.code == Code::kUnsupported, "sync: NCCL with host data is kUnsupported", hs.message);
+  f.whole_batch = &ws;
+  f.mem = Memory::kDevice;
+  f.x = bx.f();
+  f.y = by.f();
+  report(cudnn_fused_batch_norm_op(f).code == Code::kUnsupported, "sync: cuDNN refuses synchronized statistics", "");
+  if (comm) {
+    a.whole_batch = &ws;
+    a.nccl = comm;
+    report(fused_batch_norm(a).code == Code::kRangeError, "sync: whole batch and NCCL together is kRangeError", "");
+  }
+  (void)synchronize("selftest");
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -703,6 +1058,26 @@ int main(int argc, char** argv) {
     if (quick && c.name == "W3") continue;
     run_case(c, reps, timing);
   }
+
+  // Synchronized batch norm. NCCL: a one-rank group in this process (the check of
+  // several GPUs is scripts/nccl-check.sh).
+  check_rank_merge();
+  nccl::Comm* comm = nullptr;
+  const nccl::LoadInfo nl = nccl::probe("");
+  if (nl.loaded) {
+    unsigned char id[nccl::kUniqueIdBytes];
+    const Status s = nccl::unique_id(id);
+    if (check_status(s, "sync: ncclGetUniqueId")) check_status(nccl::comm_init(id, 1, 0, &comm), "sync: ncclCommInitRank");
+    std::printf("NCCL: version %d from %s%s\n", nl.version, nl.path.c_str(), comm ? ", one-rank communicator" : "");
+  } else {
+    std::printf("NCCL: %s (the one-rank checks are skipped)\n", nl.reason.c_str());
+  }
+  check_sync_errors(comm);
+  for (const Case& c : cases) {
+    if (c.name.size() == 2 && c.name[0] == 'W' && c.name != "W6") continue;  // the large ones: W6 covers [N, C]
+    check_sync_case(c, comm);
+  }
+  nccl::comm_free(comm);
   std::printf("%s: %d failed check(s)\n", failures == 0 ? "PASS" : "FAIL", failures);
   return failures == 0 ? 0 : 1;
 }
