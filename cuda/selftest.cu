@@ -721,9 +721,9 @@ void check_rank_merge() {
       for (double e : v) m += e;
       if (!v.empty()) m /= static_cast<double>(v.size());
       for (double e : v) m2 += (e - m) * (e - m);
-      // An empty shard's mean/M2 are whatever its statistics pass wrote (0): never read.
-      blk[1 + c] = v.empty() ? 0 : m;
-      blk[1 + C + c] = v.empty() ? 0 : m2;
+      // An empty shard's mean/M2 must never be read: NaN would show in the result.
+      blk[1 + c] = v.empty() ? NAN : m;
+      blk[1 + C + c] = v.empty() ? NAN : m2;
       pooled[static_cast<size_t>(c)].insert(pooled[static_cast<size_t>(c)].end(), v.begin(), v.end());
     }
   }
@@ -759,8 +759,10 @@ void check_rank_merge() {
   report(device_merge(packed, R, C, &again) && std::memcmp(again.data(), got.data(), got.size() * 8) == 0,
          "sync: rank merge bit-identical on a second run", "");
 
-  // Every shard empty: the whole batch is empty (count 0; the bookkeeping makes NaN of it).
-  std::vector<double> empty(static_cast<size_t>(3 * P), 0.0);
+  // Every shard empty (their mean/M2 NaN, never read): the whole batch is empty, count 0
+  // (the bookkeeping makes NaN statistics of it, as for an empty local batch).
+  std::vector<double> empty(static_cast<size_t>(3 * P), NAN);
+  for (int r = 0; r < 3; ++r) empty[static_cast<size_t>(r * P)] = 0;
   std::vector<double> e;
   bool all_zero = device_merge(empty, 3, C, &e);
   for (size_t i = 0; all_zero && i < e.size(); ++i) all_zero = e[i] == 0;
@@ -777,23 +779,30 @@ void check_rank_merge() {
 
 // Device buffers of one forward + backward's outputs, to compare two runs bit for bit.
 struct RunOut {
-  Buf y, stats, dx, grads;  // stats: 8 float vectors; grads: dscale, doffset + 2 double vectors
+  // stats: 7 float vectors (+1 spare); grads: mean64, m2_64, sum_dy, sum_dy_xmu (double),
+  // then dscale, doffset (float).
+  Buf y, stats, dx, grads;
 };
 
+// A failed copy is a difference (never two equal fill patterns).
 bool same_bits(const Buf& a, const Buf& b, size_t bytes) {
   if (bytes == 0) return true;
-  const auto ha = download<unsigned char>(a.p, bytes), hb = download<unsigned char>(b.p, bytes);
-  return std::memcmp(ha.data(), hb.data(), bytes) == 0;
+  std::vector<unsigned char> ha(bytes), hb(bytes);
+  return copy_to_host(ha.data(), a.p, bytes, "selftest").ok() && copy_to_host(hb.data(), b.p, bytes, "selftest").ok() &&
+         std::memcmp(ha.data(), hb.data(), bytes) == 0;
 }
 
 // Which synchronized path a run takes.
 enum class Sync { kLocal, kWholeBatch, kNccl };
 
-// One forward (factor 0.1, running inputs separate from the outputs so every run reads
-// the same) and one training backward from that forward's saved statistics. kWholeBatch
-// is given `ref`'s float64 statistics and sums (the shard's own: a one-rank batch).
+// One forward (factor 0.1, ε 1e-3, running inputs separate from the outputs so every run
+// reads the same) and one training backward from that forward's saved statistics.
+// kWholeBatch is given `given` (device: mean64, M2, Σdy, Σdy·(x − μ), C doubles each;
+// the backward's sums serve as both the whole batch's and the shard's) with the forward's
+// and the backward's counts.
 Status run_sync(const ChannelView& v, const float* x, const float* dy, const Buf& scale, const Buf& offset,
-                const Buf& rm, const Buf& rv, Sync mode, nccl::Comm* comm, const RunOut* ref, RunOut* o) {
+                const Buf& rm, const Buf& rv, Sync mode, nccl::Comm* comm, const double* given, double fwd_count,
+                double bwd_count, RunOut* o) {
   const int64_t n = v.A * v.C * v.B, C = v.C;
   const size_t nb = static_cast<size_t>(n) * sizeof(float) + 16;
   if (!o->y.alloc(nb) || !o->dx.alloc(nb) || !o->stats.alloc(static_cast<size_t>(C) * 8 * sizeof(float) + 16) ||
@@ -802,8 +811,7 @@ Status run_sync(const ChannelView& v, const float* x, const float* dy, const Buf
   float* sv = o->stats.f();
   double* g64 = reinterpret_cast<double*>(o->grads.p);  // mean64, m2_64, sum_dy, sum_dy_xmu
   float* gf = reinterpret_cast<float*>(g64 + 4 * C);     // dscale, doffset
-  const double cnt = static_cast<double>(v.A) * static_cast<double>(v.B);
-  const double* r64 = ref ? reinterpret_cast<const double*>(ref->grads.p) : nullptr;
+  const double* r64 = given;
   FusedBatchNormArgs a;
   a.view = v;
   a.x = x;
@@ -823,7 +831,7 @@ Status run_sync(const ChannelView& v, const float* x, const float* dy, const Buf
   a.saved_inv_std = sv + 6 * C;
   a.mean64 = g64;
   a.m2_64 = g64 + C;
-  WholeBatchStats ws{cnt, r64, r64 ? r64 + C : nullptr};
+  WholeBatchStats ws{fwd_count, r64, r64 ? r64 + C : nullptr};
   if (mode == Sync::kWholeBatch) a.whole_batch = &ws;
   if (mode == Sync::kNccl) a.nccl = comm;
   BN_TRY(fused_batch_norm(a));
@@ -839,7 +847,7 @@ Status run_sync(const ChannelView& v, const float* x, const float* dy, const Buf
   g.doffset = gf + C;
   g.sum_dy = g64 + 2 * C;
   g.sum_dy_xmu = g64 + 3 * C;
-  WholeBatchGradSums wg{cnt, r64 ? r64 + 2 * C : nullptr, r64 ? r64 + 3 * C : nullptr, r64 ? r64 + 2 * C : nullptr,
+  WholeBatchGradSums wg{bwd_count, r64 ? r64 + 2 * C : nullptr, r64 ? r64 + 3 * C : nullptr, r64 ? r64 + 2 * C : nullptr,
                         r64 ? r64 + 3 * C : nullptr};
   if (mode == Sync::kWholeBatch) g.whole_batch = &wg;
   if (mode == Sync::kNccl) g.nccl = comm;
@@ -905,6 +913,68 @@ Status run_sync_host_op(const Case& cs, const Host& h, const std::vector<double>
   return batch_norm_grad_op(g);
 }
 
+// Whole-batch statistics that are not x's own (the mean moved by 1, M2 four times as
+// large; the backward's count twice the shard's, as if a second shard had the same
+// sums): every output must follow them, computed on the host with the bookkeeping's
+// arithmetic. Catches a path that ignores what it is given.
+void check_given_values(const std::string& tag, const ChannelView& v, const Host& h, const float* x, const float* dy,
+                        const Buf& bscale, const Buf& boffset, const Buf& brm, const Buf& brv,
+                        const std::vector<double>& own) {
+  const int64_t n = v.A * v.C * v.B, C = v.C;
+  const double cnt = static_cast<double>(v.A) * static_cast<double>(v.B), eps = 1e-3, f = 0.1;
+  std::vector<double> given(own);
+  for (int64_t c = 0; c < C; ++c) {
+    given[static_cast<size_t>(c)] += 1.0;
+    given[static_cast<size_t>(C + c)] *= 4.0;
+  }
+  Buf bg;
+  RunOut o;
+  if (!upload(bg, given.data(), given.size() * sizeof(double)) ||
+      !check_status(run_sync(v, x, dy, bscale, boffset, brm, brv, Sync::kWholeBatch, nullptr,
+                             static_cast<const double*>(bg.p), cnt, 2 * cnt, &o),
+                    tag + " whole-batch, other statistics"))
+    return;
+  const auto st = download<float>(o.stats.p, static_cast<size_t>(7 * C));
+  const auto y = download<float>(o.y.p, static_cast<size_t>(n));
+  const auto dxv = download<float>(o.dx.p, static_cast<size_t>(n));
+  const auto gf = download<float>(static_cast<double*>(o.grads.p) + 4 * C, static_cast<size_t>(2 * C));
+  Compare cst, cy, cdx, cg;
+  std::vector<double> mf(static_cast<size_t>(C)), tinv(static_cast<size_t>(C)), gg(static_cast<size_t>(C)),
+      ga(static_cast<size_t>(C)), gb(static_cast<size_t>(C));
+  for (int64_t c = 0; c < C; ++c) {
+    const size_t k = static_cast<size_t>(c);
+    const double m2 = given[static_cast<size_t>(C + c)];
+    const float mean = static_cast<float>(given[k]);
+    const float vb = static_cast<float>(m2 / cnt);
+    const float vu = static_cast<float>(m2 / std::max(cnt - 1, 1.0));
+    const float want[7] = {mean, vu, vb,
+                           static_cast<float>((1 - f) * static_cast<double>(h.rmean[k]) + f * static_cast<double>(mean)),
+                           static_cast<float>((1 - f) * static_cast<double>(h.rvar[k]) + f * static_cast<double>(vu)),
+                           mean, static_cast<float>(1.0 / std::sqrt(static_cast<double>(vb) + eps))};
+    for (int j = 0; j < 7; ++j) cst.add(j * C + c, st[static_cast<size_t>(j * C + c)], want[j], 1e-30);
+    mf[k] = mean;
+    tinv[k] = static_cast<double>(h.scale[k]) / std::sqrt(static_cast<double>(vb) + eps);
+    const double inv = static_cast<double>(want[6]);
+    const double s1 = given[static_cast<size_t>(2 * C + c)], s2 = given[static_cast<size_t>(3 * C + c)];
+    gg[k] = static_cast<double>(h.scale[k]) * inv;
+    ga[k] = s1 / (2 * cnt);
+    gb[k] = inv * inv * s2 / (2 * cnt);
+    cg.add(c, gf[k], static_cast<float>(inv * s2), 1e-30);        // dscale: the shard's sum
+    cg.add(C + c, gf[static_cast<size_t>(C + c)], static_cast<float>(s1), 1e-30);  // doffset
+  }
+  for (int64_t i = 0; i < n; ++i) {
+    const size_t c = static_cast<size_t>((i / v.B) % C), u = static_cast<size_t>(i);
+    const double xm = static_cast<double>(h.x[u]) - mf[c];
+    cy.add(i, ulp_distance(y[u], static_cast<float>(xm * tinv[c] + h.offset[c])), 0, 2);
+    cdx.add(i, ulp_distance(dxv[u], static_cast<float>(gg[c] * (static_cast<double>(h.dy[u]) - ga[c] - xm * gb[c]))), 0,
+            2);
+  }
+  report(cst.ok(), tag + " whole-batch, other statistics: the statistic outputs follow them", cst.text());
+  report(cy.ok(), tag + " whole-batch, other statistics: y (ulps)", cy.text());
+  report(cg.ok(), tag + " whole-batch, other sums: dscale/doffset are the shard's", cg.text());
+  report(cdx.ok(), tag + " whole-batch, other sums and count: dx (ulps)", cdx.text());
+}
+
 void check_sync_case(const Case& cs, nccl::Comm* comm) {
   const ChannelView v = view_of(cs);
   const int64_t n = v.A * v.C * v.B, C = v.C;
@@ -937,21 +1007,24 @@ void check_sync_case(const Case& cs, nccl::Comm* comm) {
   }
   const float* x = bx.f() + shift;
   const float* dy = bdy.f() + shift;
+  const double cnt = static_cast<double>(v.A) * static_cast<double>(v.B);
   RunOut local, whole;
-  if (!check_status(run_sync(v, x, dy, bscale, boffset, brm, brv, Sync::kLocal, nullptr, nullptr, &local),
+  if (!check_status(run_sync(v, x, dy, bscale, boffset, brm, brv, Sync::kLocal, nullptr, nullptr, 0, 0, &local),
                     tag + " local forward + backward"))
     return;
-  if (check_status(run_sync(v, x, dy, bscale, boffset, brm, brv, Sync::kWholeBatch, nullptr, &local, &whole),
+  const double* own_dev = static_cast<const double*>(local.grads.p);
+  if (check_status(run_sync(v, x, dy, bscale, boffset, brm, brv, Sync::kWholeBatch, nullptr, own_dev, cnt, cnt, &whole),
                    tag + " whole-batch forward + backward"))
     report(same_run(local, whole, n, C), tag + " whole-batch (the shard's own statistics) = local, bit for bit", "");
   if (comm) {
     RunOut viaNccl;
-    if (check_status(run_sync(v, x, dy, bscale, boffset, brm, brv, Sync::kNccl, comm, nullptr, &viaNccl),
+    if (check_status(run_sync(v, x, dy, bscale, boffset, brm, brv, Sync::kNccl, comm, nullptr, 0, 0, &viaNccl),
                      tag + " NCCL one-rank forward + backward"))
       report(same_run(local, viaNccl, n, C), tag + " NCCL one rank = local two-pass, bit for bit", "");
   }
-  // Host data through fused_batch_norm_op / batch_norm_grad_op (the staging path).
   const auto own = download<double>(local.grads.p, static_cast<size_t>(4 * C));
+  if (cnt > 0 && !cs.nan_channel) check_given_values(tag, v, h, x, dy, bscale, boffset, brm, brv, own);
+  // Host data through fused_batch_norm_op / batch_norm_grad_op (the staging path).
   std::vector<float> host_local, host_whole;
   if (check_status(run_sync_host_op(cs, h, nullptr, &host_local), tag + " host op") &&
       check_status(run_sync_host_op(cs, h, &own, &host_whole), tag + " host op, whole batch"))
