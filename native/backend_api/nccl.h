@@ -52,9 +52,11 @@ Status all_gather_device(Comm* c, const float* send, float* recv, size_t count);
 // The same collectives on float64 device buffers, enqueued on `stream` and not waited
 // for: they return once NCCL has queued the work, ordered on the stream after the
 // kernels that produce `send` and before those that read `recv`. They report a bad call
-// and a communicator that has already failed or been aborted; a failure while the
-// collective runs shows at the next synchronization. For the device training ops, whose
-// calls only enqueue. `op` names the calling op in errors.
+// and a communicator that has already failed or been aborted. A failure while the
+// collective runs shows at the next synchronization; a collective that cannot complete
+// (a peer died before joining it) holds the stream, and whatever waits on it, until
+// comm_abort. For the device training ops, whose calls only enqueue. `op` names the
+// calling op in errors.
 Status all_gather_enqueue(Comm* c, const double* send, double* recv, size_t count, CUstream_st* stream,
                           const char* op);
 Status all_reduce_enqueue(Comm* c, const double* send, double* recv, size_t count, CUstream_st* stream,
