@@ -8,6 +8,7 @@
 # GPU) and says that multi-GPU is untested. Writes $BATCHNORM_OUT (default ./nccl-report).
 # Needs the built addon (npx cmake-js compile && npm run build) and libnccl.so.2:
 # BATCHNORM_NCCL_PATH, else the default search path, else the pip package nvidia-nccl-cu*.
+# NCCL_CHECK_RANK_TIMEOUT: seconds each rank may run (default 300).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 NODE="${NODE:-node}"
@@ -40,7 +41,7 @@ TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
 pids=()
 for ((i = 0; i < N; i++)); do
-  CUDA_VISIBLE_DEVICES=$i timeout 300 "$NODE" scripts/nccl-rank.js "$i" "$N" "$TMP" > "$OUT/rank$i.json" 2> "$OUT/rank$i.err" &
+  CUDA_VISIBLE_DEVICES=$i timeout "${NCCL_CHECK_RANK_TIMEOUT:-300}" "$NODE" scripts/nccl-rank.js "$i" "$N" "$TMP" > "$OUT/rank$i.json" 2> "$OUT/rank$i.err" &
   pids+=($!)
 done
 status=0
