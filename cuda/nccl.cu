@@ -9,7 +9,9 @@
 // with CUDA_VISIBLE_DEVICES), as NCCL does not allow two ranks on one GPU. Collectives
 // are enqueued on the stream of our kernels, so they are ordered with the ops that
 // produce and consume the buffers, and waited for before the call returns. Host float64
-// arrays are staged through device memory from our caching allocator.
+// arrays are staged through device memory from our caching allocator. The enqueue
+// variants serve the synchronized training ops (cuda/training.cu): they only queue the
+// collective between those ops' kernels, and the op returns before the GPU is done.
 //
 // UNTESTED ON A GPU in CI (no CI machine has one): the loader's failure paths are tested
 // with fake libraries; scripts/nccl-check.sh runs the collectives on a GPU machine.
@@ -217,10 +219,23 @@ void comm_free(Comm* c) {
   delete c;
 }
 
+int comm_size(const Comm* c) { return c ? c->size : 0; }
+
 namespace {
 
-// Enqueues `enqueue` on our stream, waits for it, and reports a failure of the
-// communicator itself (a peer that died, a network error) as well as of the call.
+Status aborted_error(const char* op) {
+  return Status::Error(Code::kNccl, std::string(op) + ": the communicator was aborted");
+}
+
+// Runs `enqueue(stream)` under state_mu unless the communicator was aborted: NCCL calls
+// on one communicator never overlap comm_abort. The caller holds c->mu.
+template <typename F>
+Status enqueue_unless_aborted(Comm* c, const char* op, cudaStream_t s, F enqueue) {
+  std::lock_guard<std::mutex> lock(c->state_mu);
+  if (c->aborted) return aborted_error(op);
+  return enqueue(s);
+}
+
 // Enqueues `enqueue` on our stream, waits for it, and reports a failure of the
 // communicator itself (a peer that died, a network error, an abort) as well as of the
 // call. The wait runs without state_mu, so comm_abort can interrupt it.
@@ -228,22 +243,32 @@ template <typename F>
 Status run_collective(Comm* c, const char* op, F enqueue) {
   BN_TRY(require(op));
   std::lock_guard<std::mutex> serial(c->mu);
-  const Status aborted = Status::Error(Code::kNccl, std::string(op) + ": the communicator was aborted");
   cudaStream_t s;
   BN_TRY(get_stream(&s, op));
-  {
-    std::lock_guard<std::mutex> lock(c->state_mu);
-    if (c->aborted) return aborted;
-    BN_TRY(enqueue(s));
-  }
+  BN_TRY(enqueue_unless_aborted(c, op, s, enqueue));
   const cudaError_t e = cudaStreamSynchronize(s);
   std::lock_guard<std::mutex> lock(c->state_mu);
-  if (c->aborted) return aborted;
+  if (c->aborted) return aborted_error(op);
   ncclResult_t async = ncclSuccess;
   lib().api.CommGetAsyncError(c->comm, &async);
   if (async != ncclSuccess) return nccl_error(async, op, "the communicator");
   if (e != cudaSuccess) return cuda_error(e, op, "cudaStreamSynchronize");
   return Status::Ok();
+}
+
+// Enqueues `enqueue` on `s` without waiting. A communicator that has already failed is
+// refused before anything is queued on it (its collectives would never complete).
+template <typename F>
+Status enqueue_collective(Comm* c, const char* op, cudaStream_t s, F enqueue) {
+  BN_TRY(require(op));
+  if (!c) return Status::Error(Code::kRangeError, std::string(op) + ": the NCCL communicator is missing");
+  std::lock_guard<std::mutex> serial(c->mu);
+  return enqueue_unless_aborted(c, op, s, [&](cudaStream_t st) -> Status {
+    ncclResult_t async = ncclSuccess;
+    lib().api.CommGetAsyncError(c->comm, &async);
+    if (async != ncclSuccess) return nccl_error(async, op, "the communicator");
+    return enqueue(st);
+  });
 }
 
 Status host_collective(Comm* c, const char* op, const double* send, double* recv, size_t count, bool gather) {
@@ -282,6 +307,21 @@ Status all_reduce_device(Comm* c, const float* send, float* recv, size_t count) 
 Status all_gather_device(Comm* c, const float* send, float* recv, size_t count) {
   return run_collective(c, "allGatherDevice", [&](cudaStream_t s) -> Status {
     BN_NCCL_TRY(lib().api.AllGather(send, recv, count, ncclFloat32, c->comm, s), "allGatherDevice", "ncclAllGather");
+    return Status::Ok();
+  });
+}
+
+Status all_gather_enqueue(Comm* c, const double* send, double* recv, size_t count, CUstream_st* stream,
+                          const char* op) {
+  return enqueue_collective(c, op, stream, [&](cudaStream_t s) -> Status {
+    BN_NCCL_TRY(lib().api.AllGather(send, recv, count, ncclFloat64, c->comm, s), op, "ncclAllGather");
+    return Status::Ok();
+  });
+}
+Status all_reduce_enqueue(Comm* c, const double* send, double* recv, size_t count, CUstream_st* stream,
+                          const char* op) {
+  return enqueue_collective(c, op, stream, [&](cudaStream_t s) -> Status {
+    BN_NCCL_TRY(lib().api.AllReduce(send, recv, count, ncclFloat64, ncclSum, c->comm, s), op, "ncclAllReduce");
     return Status::Ok();
   });
 }

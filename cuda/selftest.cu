@@ -3,6 +3,9 @@
 // random data, on the benchmark workloads W1-W6 and on layouts that take every kernel
 // variant; then times them with CUDA events beside a device-to-device copy and a
 // read-only kernel of the same bytes (and cuDNN's training calls where libcudnn loads).
+// Synchronized batch norm: the rank merge against a float64 host reference, the
+// whole-batch ops against the local ones given the shard's own statistics (bit for bit),
+// and, where libnccl loads, a single-rank NCCL communicator through the same ops.
 // Built only when CMake finds nvcc, never part of the addon. Prints PASS/FAIL per check
 // and exits non-zero when any check fails or no GPU is usable.
 //
@@ -22,7 +25,9 @@
 #include <vector>
 
 #include "common.cuh"
+#include "sync_stats.cuh"
 #include "../native/backend_api/cudnn.h"
+#include "../native/backend_api/nccl.h"
 
 using namespace bn;
 using namespace bn::cuda;
@@ -651,6 +656,429 @@ void run_case(const Case& cs, int reps, bool timing) {
   }
 }
 
+// ---- synchronized batch norm -----------------------------------------------------------
+// stats::merge's arithmetic on the host (the target builds host code without FMA
+// contraction, as the device code): folding the same blocks in the same order must give
+// the device's bits.
+void host_merge(double& n, double& mean, double& m2, double bn, double bmean, double bm2) {
+  if (bn == 0) return;
+  if (n == 0) {
+    n = bn;
+    mean = bmean;
+    m2 = bm2;
+    return;
+  }
+  const double nab = n + bn;
+  const double delta = bmean - mean;
+  mean = std::isfinite(delta) ? mean + delta * (bn / nab) : mean * (n / nab) + bmean * (bn / nab);
+  m2 += bm2 + delta * delta * (n * bn / nab);
+  n = nab;
+}
+
+struct CaptureSink {
+  double* n;
+  double* mean;
+  double* m2;
+  __device__ void operator()(long long c, const stats::Stats& s) const {
+    n[c] = s.n;
+    mean[c] = s.mean;
+    m2[c] = s.m2;
+  }
+};
+
+// Runs merge_ranks_kernel on host-packed blocks; false when the device calls failed.
+bool device_merge(const std::vector<double>& packed, int ranks, int64_t C, std::vector<double>* out) {
+  Buf in, res;
+  if (!upload(in, packed.data(), packed.size() * sizeof(double)) || !res.alloc(3 * C * sizeof(double))) return false;
+  cudaStream_t st;
+  if (!get_stream(&st, "selftest").ok()) return false;
+  double* r = static_cast<double*>(res.p);
+  syncbn::merge_ranks_kernel<CaptureSink><<<grid_for(C, 256), 256, 0, st>>>(static_cast<const double*>(in.p), ranks, C,
+                                                                             CaptureSink{r, r + C, r + 2 * C});
+  if (!check_launch("selftest", "merge_ranks_kernel").ok() || !synchronize("selftest").ok()) return false;
+  *out = download<double>(res.p, static_cast<size_t>(3 * C));
+  return true;
+}
+
+// Synthetic ranks with uneven shards, one of them empty, against the pooled data's
+// two-pass float64 statistics; then every rank empty, and one rank alone.
+void check_rank_merge() {
+  const int64_t C = 37;
+  const std::vector<int64_t> counts = {5, 0, 1, 17, 300, 2};
+  const int R = static_cast<int>(counts.size());
+  const int64_t P = syncbn::packed_size(C);
+  std::vector<double> packed(static_cast<size_t>(R * P), 0.0);
+  std::vector<std::vector<double>> pooled(static_cast<size_t>(C));
+  for (int r = 0; r < R; ++r) {
+    double* blk = packed.data() + r * P;
+    blk[0] = static_cast<double>(counts[r]);
+    for (int64_t c = 0; c < C; ++c) {
+      Rng g(static_cast<uint64_t>(1000 * r + c + 7));
+      std::vector<double> v(static_cast<size_t>(counts[r]));
+      // Shards far apart (a mean step of 1e3 per rank) and of different spreads.
+      for (double& e : v) e = static_cast<float>(1e3 * r + c + (1 + r) * g.normal());
+      double m = 0, m2 = 0;
+      for (double e : v) m += e;
+      if (!v.empty()) m /= static_cast<double>(v.size());
+      for (double e : v) m2 += (e - m) * (e - m);
+      // An empty shard's mean/M2 must never be read: NaN would show in the result.
+      blk[1 + c] = v.empty() ? NAN : m;
+      blk[1 + C + c] = v.empty() ? NAN : m2;
+      pooled[static_cast<size_t>(c)].insert(pooled[static_cast<size_t>(c)].end(), v.begin(), v.end());
+    }
+  }
+  std::vector<double> got;
+  if (!device_merge(packed, R, C, &got)) {
+    report(false, "sync: rank merge", "device calls failed");
+    return;
+  }
+  Compare cref, cbits;
+  bool counts_ok = true;
+  for (int64_t c = 0; c < C; ++c) {
+    const std::vector<double>& v = pooled[static_cast<size_t>(c)];
+    double m = 0, m2 = 0;
+    for (double e : v) m += e;
+    m /= static_cast<double>(v.size());
+    for (double e : v) m2 += (e - m) * (e - m);
+    double hn = 0, hm = 0, hm2 = 0;
+    for (int r = 0; r < R; ++r) {
+      const double* blk = packed.data() + r * P;
+      host_merge(hn, hm, hm2, blk[0], blk[1 + c], blk[1 + C + c]);
+    }
+    if (got[static_cast<size_t>(c)] != static_cast<double>(v.size())) counts_ok = false;
+    cref.add(c, got[static_cast<size_t>(C + c)], m, 1e-13 * std::fabs(m) + 1e-12);
+    cref.add(C + c, got[static_cast<size_t>(2 * C + c)], m2, 1e-11 * m2 + 1e-12);
+    // Bits: 0 when equal, else beyond tolerance.
+    cbits.add(c, std::memcmp(&got[static_cast<size_t>(C + c)], &hm, 8) == 0 ? 0 : 1, 0, 0.5);
+    cbits.add(C + c, std::memcmp(&got[static_cast<size_t>(2 * C + c)], &hm2, 8) == 0 ? 0 : 1, 0, 0.5);
+  }
+  report(counts_ok, "sync: rank merge count = sum of the shards' counts (one shard empty)", "");
+  report(cref.ok(), "sync: rank merge mean/M2 vs pooled float64 two-pass", cref.text());
+  report(cbits.ok(), "sync: rank merge bit-identical to the same fold in rank order on the host", cbits.text());
+  std::vector<double> again;
+  report(device_merge(packed, R, C, &again) && std::memcmp(again.data(), got.data(), got.size() * 8) == 0,
+         "sync: rank merge bit-identical on a second run", "");
+
+  // Every shard empty (their mean/M2 NaN, never read): the whole batch is empty, count 0
+  // (the bookkeeping makes NaN statistics of it, as for an empty local batch).
+  std::vector<double> empty(static_cast<size_t>(3 * P), NAN);
+  for (int r = 0; r < 3; ++r) empty[static_cast<size_t>(r * P)] = 0;
+  std::vector<double> e;
+  bool all_zero = device_merge(empty, 3, C, &e);
+  for (size_t i = 0; all_zero && i < e.size(); ++i) all_zero = e[i] == 0;
+  report(all_zero, "sync: rank merge of empty shards only has count 0", "");
+
+  // One rank: its own statistics, bit for bit.
+  std::vector<double> one(packed.begin() + 4 * P, packed.begin() + 5 * P), o;
+  bool same = device_merge(one, 1, C, &o);
+  for (int64_t c = 0; same && c < C; ++c)
+    same = o[static_cast<size_t>(c)] == one[0] && std::memcmp(&o[static_cast<size_t>(C + c)], &one[1 + c], 8) == 0 &&
+           std::memcmp(&o[static_cast<size_t>(2 * C + c)], &one[1 + C + c], 8) == 0;
+  report(same, "sync: rank merge of one rank is that rank's statistics", "");
+}
+
+// Device buffers of one forward + backward's outputs, to compare two runs bit for bit.
+struct RunOut {
+  // stats: 7 float vectors (+1 spare); grads: mean64, m2_64, sum_dy, sum_dy_xmu (double),
+  // then dscale, doffset (float).
+  Buf y, stats, dx, grads;
+};
+
+// A failed copy is a difference (never two equal fill patterns).
+bool same_bits(const Buf& a, const Buf& b, size_t bytes) {
+  if (bytes == 0) return true;
+  std::vector<unsigned char> ha(bytes), hb(bytes);
+  return copy_to_host(ha.data(), a.p, bytes, "selftest").ok() && copy_to_host(hb.data(), b.p, bytes, "selftest").ok() &&
+         std::memcmp(ha.data(), hb.data(), bytes) == 0;
+}
+
+// Which synchronized path a run takes.
+enum class Sync { kLocal, kWholeBatch, kNccl };
+
+// One forward (factor 0.1, ε 1e-3, running inputs separate from the outputs so every run
+// reads the same) and one training backward from that forward's saved statistics.
+// kWholeBatch is given `given` (device: mean64, M2, Σdy, Σdy·(x − μ), C doubles each;
+// the backward's sums serve as both the whole batch's and the shard's) with the forward's
+// and the backward's counts.
+Status run_sync(const ChannelView& v, const float* x, const float* dy, const Buf& scale, const Buf& offset,
+                const Buf& rm, const Buf& rv, Sync mode, nccl::Comm* comm, const double* given, double fwd_count,
+                double bwd_count, RunOut* o) {
+  const int64_t n = v.A * v.C * v.B, C = v.C;
+  const size_t nb = static_cast<size_t>(n) * sizeof(float) + 16;
+  if (!o->y.alloc(nb) || !o->dx.alloc(nb) || !o->stats.alloc(static_cast<size_t>(C) * 8 * sizeof(float) + 16) ||
+      !o->grads.alloc(static_cast<size_t>(C) * (2 * sizeof(float) + 4 * sizeof(double)) + 16))
+    return Status::Error(Code::kCudaOutOfMemory, "selftest: allocation");
+  float* sv = o->stats.f();
+  double* g64 = reinterpret_cast<double*>(o->grads.p);  // mean64, m2_64, sum_dy, sum_dy_xmu
+  float* gf = reinterpret_cast<float*>(g64 + 4 * C);     // dscale, doffset
+  const double* r64 = given;
+  FusedBatchNormArgs a;
+  a.view = v;
+  a.x = x;
+  a.scale = scale.f();
+  a.offset = offset.f();
+  a.running_mean = rm.f();
+  a.running_var = rv.f();
+  a.factor = 0.1;
+  a.plan = ForwardPlan::kTwoPass;
+  a.y = o->y.f();
+  a.batch_mean = sv;
+  a.batch_var = sv + C;
+  a.batch_var_biased = sv + 2 * C;
+  a.running_mean_out = sv + 3 * C;
+  a.running_var_out = sv + 4 * C;
+  a.saved_mean = sv + 5 * C;
+  a.saved_inv_std = sv + 6 * C;
+  a.mean64 = g64;
+  a.m2_64 = g64 + C;
+  WholeBatchStats ws{fwd_count, r64, r64 ? r64 + C : nullptr};
+  if (mode == Sync::kWholeBatch) a.whole_batch = &ws;
+  if (mode == Sync::kNccl) a.nccl = comm;
+  BN_TRY(fused_batch_norm(a));
+  BatchNormGradArgs g;
+  g.view = v;
+  g.dy = dy;
+  g.x = x;
+  g.scale = scale.f();
+  g.saved_mean = sv + 5 * C;
+  g.saved_inv_std = sv + 6 * C;
+  g.dx = o->dx.f();
+  g.dscale = gf;
+  g.doffset = gf + C;
+  g.sum_dy = g64 + 2 * C;
+  g.sum_dy_xmu = g64 + 3 * C;
+  WholeBatchGradSums wg{bwd_count, r64 ? r64 + 2 * C : nullptr, r64 ? r64 + 3 * C : nullptr, r64 ? r64 + 2 * C : nullptr,
+                        r64 ? r64 + 3 * C : nullptr};
+  if (mode == Sync::kWholeBatch) g.whole_batch = &wg;
+  if (mode == Sync::kNccl) g.nccl = comm;
+  BN_TRY(batch_norm_grad(g));
+  return synchronize("selftest");
+}
+
+bool same_run(const RunOut& a, const RunOut& b, int64_t n, int64_t C) {
+  return same_bits(a.y, b.y, static_cast<size_t>(n) * 4) && same_bits(a.dx, b.dx, static_cast<size_t>(n) * 4) &&
+         same_bits(a.stats, b.stats, static_cast<size_t>(C) * 7 * 4) &&
+         same_bits(a.grads, b.grads, static_cast<size_t>(C) * (4 * 8 + 2 * 4));
+}
+
+// Host data through the op the dispatcher calls: whole-batch vectors staged in.
+Status run_sync_host_op(const Case& cs, const Host& h, const std::vector<double>* whole, std::vector<float>* out) {
+  const ChannelView v = view_of(cs);
+  const int64_t n = v.A * v.C * v.B, C = v.C;
+  out->assign(static_cast<size_t>(2 * n + 10 * C), 0.f);
+  float* y = out->data();
+  float* dx = y + n;
+  float* st = dx + n;
+  FusedArgs f;
+  f.layout = ChannelLayout{cs.shape, cs.axis, v.A, v.C, v.B};
+  f.x = h.x.data();
+  f.scale = h.scale.data();
+  f.offset = h.offset.data();
+  f.running_mean = h.rmean.data();
+  f.running_var = h.rvar.data();
+  f.factor = 0.1;
+  f.y = y;
+  f.batch_mean = st;
+  f.batch_var = st + C;
+  f.batch_var_biased = st + 2 * C;
+  f.running_mean_out = st + 3 * C;
+  f.running_var_out = st + 4 * C;
+  f.saved_mean = st + 5 * C;
+  f.saved_inv_std = st + 6 * C;
+  f.mem = Memory::kHost;
+  const double cnt = static_cast<double>(v.A) * static_cast<double>(v.B);
+  WholeBatchStats ws;
+  if (whole) {
+    ws = WholeBatchStats{cnt, whole->data(), whole->data() + C};
+    f.whole_batch = &ws;
+  }
+  BN_TRY(fused_batch_norm_op(f));
+  GradArgs g;
+  g.layout = f.layout;
+  g.dy = h.dy.data();
+  g.x = h.x.data();
+  g.scale = h.scale.data();
+  g.saved_mean = st + 5 * C;
+  g.saved_inv_std = st + 6 * C;
+  g.dx = dx;
+  g.dscale = st + 7 * C;
+  g.doffset = st + 8 * C;
+  g.mem = Memory::kHost;
+  WholeBatchGradSums wg;
+  if (whole) {
+    const double* w = whole->data();
+    wg = WholeBatchGradSums{cnt, w + 2 * C, w + 3 * C, w + 2 * C, w + 3 * C};
+    g.whole_batch = &wg;
+  }
+  return batch_norm_grad_op(g);
+}
+
+// Whole-batch statistics that are not x's own (the mean moved by 1, M2 four times as
+// large; the backward's count twice the shard's, as if a second shard had the same
+// sums): every output must follow them, computed on the host with the bookkeeping's
+// arithmetic. Catches a path that ignores what it is given.
+void check_given_values(const std::string& tag, const ChannelView& v, const Host& h, const float* x, const float* dy,
+                        const Buf& bscale, const Buf& boffset, const Buf& brm, const Buf& brv,
+                        const std::vector<double>& own) {
+  const int64_t n = v.A * v.C * v.B, C = v.C;
+  const double cnt = static_cast<double>(v.A) * static_cast<double>(v.B), eps = 1e-3, f = 0.1;
+  std::vector<double> given(own);
+  for (int64_t c = 0; c < C; ++c) {
+    given[static_cast<size_t>(c)] += 1.0;
+    given[static_cast<size_t>(C + c)] *= 4.0;
+  }
+  Buf bg;
+  RunOut o;
+  if (!upload(bg, given.data(), given.size() * sizeof(double)) ||
+      !check_status(run_sync(v, x, dy, bscale, boffset, brm, brv, Sync::kWholeBatch, nullptr,
+                             static_cast<const double*>(bg.p), cnt, 2 * cnt, &o),
+                    tag + " whole-batch, other statistics"))
+    return;
+  const auto st = download<float>(o.stats.p, static_cast<size_t>(7 * C));
+  const auto y = download<float>(o.y.p, static_cast<size_t>(n));
+  const auto dxv = download<float>(o.dx.p, static_cast<size_t>(n));
+  const auto gf = download<float>(static_cast<double*>(o.grads.p) + 4 * C, static_cast<size_t>(2 * C));
+  Compare cst, cy, cdx, cg;
+  std::vector<double> mf(static_cast<size_t>(C)), tinv(static_cast<size_t>(C)), gg(static_cast<size_t>(C)),
+      ga(static_cast<size_t>(C)), gb(static_cast<size_t>(C));
+  for (int64_t c = 0; c < C; ++c) {
+    const size_t k = static_cast<size_t>(c);
+    const double m2 = given[static_cast<size_t>(C + c)];
+    const float mean = static_cast<float>(given[k]);
+    const float vb = static_cast<float>(m2 / cnt);
+    const float vu = static_cast<float>(m2 / std::max(cnt - 1, 1.0));
+    const float want[7] = {mean, vu, vb,
+                           static_cast<float>((1 - f) * static_cast<double>(h.rmean[k]) + f * static_cast<double>(mean)),
+                           static_cast<float>((1 - f) * static_cast<double>(h.rvar[k]) + f * static_cast<double>(vu)),
+                           mean, static_cast<float>(1.0 / std::sqrt(static_cast<double>(vb) + eps))};
+    for (int j = 0; j < 7; ++j) cst.add(j * C + c, st[static_cast<size_t>(j * C + c)], want[j], 1e-30);
+    mf[k] = mean;
+    tinv[k] = static_cast<double>(h.scale[k]) / std::sqrt(static_cast<double>(vb) + eps);
+    const double inv = static_cast<double>(want[6]);
+    const double s1 = given[static_cast<size_t>(2 * C + c)], s2 = given[static_cast<size_t>(3 * C + c)];
+    gg[k] = static_cast<double>(h.scale[k]) * inv;
+    ga[k] = s1 / (2 * cnt);
+    gb[k] = inv * inv * s2 / (2 * cnt);
+    cg.add(c, gf[k], static_cast<float>(inv * s2), 1e-30);        // dscale: the shard's sum
+    cg.add(C + c, gf[static_cast<size_t>(C + c)], static_cast<float>(s1), 1e-30);  // doffset
+  }
+  for (int64_t i = 0; i < n; ++i) {
+    const size_t c = static_cast<size_t>((i / v.B) % C), u = static_cast<size_t>(i);
+    const double xm = static_cast<double>(h.x[u]) - mf[c];
+    cy.add(i, ulp_distance(y[u], static_cast<float>(xm * tinv[c] + h.offset[c])), 0, 2);
+    cdx.add(i, ulp_distance(dxv[u], static_cast<float>(gg[c] * (static_cast<double>(h.dy[u]) - ga[c] - xm * gb[c]))), 0,
+            2);
+  }
+  report(cst.ok(), tag + " whole-batch, other statistics: the statistic outputs follow them", cst.text());
+  report(cy.ok(), tag + " whole-batch, other statistics: y (ulps)", cy.text());
+  report(cg.ok(), tag + " whole-batch, other sums: dscale/doffset are the shard's", cg.text());
+  report(cdx.ok(), tag + " whole-batch, other sums and count: dx (ulps)", cdx.text());
+}
+
+void check_sync_case(const Case& cs, nccl::Comm* comm) {
+  const ChannelView v = view_of(cs);
+  const int64_t n = v.A * v.C * v.B, C = v.C;
+  const std::string tag = "sync: " + cs.name + " " + shape_text(cs.shape) + " axis " + std::to_string(cs.axis);
+  Host h;
+  h.x.resize(static_cast<size_t>(n));
+  h.dy.resize(static_cast<size_t>(n));
+  h.scale.resize(static_cast<size_t>(C));
+  h.offset.resize(static_cast<size_t>(C));
+  h.rmean.resize(static_cast<size_t>(C));
+  h.rvar.resize(static_cast<size_t>(C));
+  fill_normal(h.x, cs.data_mean, cs.data_sd, 11);
+  fill_normal(h.dy, 0, 1, 12);
+  fill_normal(h.scale, 1, 0.5, 13);
+  fill_normal(h.offset, 0, 1, 14);
+  fill_normal(h.rmean, 0, 1, 15);
+  fill_normal(h.rvar, 2, 0.5, 16);
+  for (auto& r : h.rvar) r = std::fabs(r);
+  if (cs.nan_channel && n > 0) h.x[0] = NAN;
+  const size_t shift = cs.misalign ? 1 : 0;
+  std::vector<float> xs(static_cast<size_t>(n) + shift, 0.f), dys(static_cast<size_t>(n) + shift, 0.f);
+  std::copy(h.x.begin(), h.x.end(), xs.begin() + shift);
+  std::copy(h.dy.begin(), h.dy.end(), dys.begin() + shift);
+  Buf bx, bdy, bscale, boffset, brm, brv;
+  if (!upload(bx, xs.data(), xs.size() * 4) || !upload(bdy, dys.data(), dys.size() * 4) ||
+      !upload(bscale, h.scale.data(), C * 4) || !upload(boffset, h.offset.data(), C * 4) ||
+      !upload(brm, h.rmean.data(), C * 4) || !upload(brv, h.rvar.data(), C * 4)) {
+    report(false, tag, "device allocation or upload failed");
+    return;
+  }
+  const float* x = bx.f() + shift;
+  const float* dy = bdy.f() + shift;
+  const double cnt = static_cast<double>(v.A) * static_cast<double>(v.B);
+  RunOut local, whole;
+  if (!check_status(run_sync(v, x, dy, bscale, boffset, brm, brv, Sync::kLocal, nullptr, nullptr, 0, 0, &local),
+                    tag + " local forward + backward"))
+    return;
+  const double* own_dev = static_cast<const double*>(local.grads.p);
+  if (check_status(run_sync(v, x, dy, bscale, boffset, brm, brv, Sync::kWholeBatch, nullptr, own_dev, cnt, cnt, &whole),
+                   tag + " whole-batch forward + backward"))
+    report(same_run(local, whole, n, C), tag + " whole-batch (the shard's own statistics) = local, bit for bit", "");
+  if (comm) {
+    RunOut viaNccl;
+    if (check_status(run_sync(v, x, dy, bscale, boffset, brm, brv, Sync::kNccl, comm, nullptr, 0, 0, &viaNccl),
+                     tag + " NCCL one-rank forward + backward"))
+      report(same_run(local, viaNccl, n, C), tag + " NCCL one rank = local two-pass, bit for bit", "");
+  }
+  const auto own = download<double>(local.grads.p, static_cast<size_t>(4 * C));
+  if (cnt > 0 && !cs.nan_channel) check_given_values(tag, v, h, x, dy, bscale, boffset, brm, brv, own);
+  // Host data through fused_batch_norm_op / batch_norm_grad_op (the staging path).
+  std::vector<float> host_local, host_whole;
+  if (check_status(run_sync_host_op(cs, h, nullptr, &host_local), tag + " host op") &&
+      check_status(run_sync_host_op(cs, h, &own, &host_whole), tag + " host op, whole batch"))
+    report(std::memcmp(host_local.data(), host_whole.data(), host_local.size() * 4) == 0,
+           tag + " host op: whole-batch (staged) = local, bit for bit", "");
+}
+
+// The refusals that need no second rank.
+void check_sync_errors(nccl::Comm* comm) {
+  const ChannelView v{4, 8, 1};
+  Buf bx, by;
+  std::vector<float> hx(32, 1.f);
+  std::vector<double> h64(16, 0.0);
+  Buf b64;
+  if (!upload(bx, hx.data(), 128) || !by.alloc(128) || !upload(b64, h64.data(), 128)) {
+    report(false, "sync: errors", "device allocation failed");
+    return;
+  }
+  const double* d64 = static_cast<const double*>(b64.p);
+  WholeBatchStats ws{4, d64, d64 + 8};
+  FusedBatchNormArgs a;
+  a.view = v;
+  a.x = bx.f();
+  a.y = by.f();
+  a.whole_batch = &ws;
+  a.plan = ForwardPlan::kPersistent;
+  report(fused_batch_norm(a).code == Code::kUnsupported, "sync: whole batch with the persistent plan is kUnsupported",
+         "");
+  a.plan = ForwardPlan::kAuto;
+  WholeBatchStats missing_m2{4, d64, nullptr};
+  a.whole_batch = &missing_m2;
+  report(fused_batch_norm(a).code == Code::kRangeError, "sync: whole batch without M2 is kRangeError", "");
+  FusedArgs f;
+  f.layout = ChannelLayout{Shape{4, 8}, 1, 4, 8, 1};
+  std::vector<float> y(32);
+  f.x = hx.data();
+  f.y = y.data();
+  f.mem = Memory::kHost;
+  f.nccl = comm ? comm : reinterpret_cast<nccl::Comm*>(&f);  // refused before it is used
+  const Status hs = fused_batch_norm_op(f);
+  report(hs.code == Code::kUnsupported, "sync: NCCL with host data is kUnsupported", hs.message);
+  f.whole_batch = &ws;
+  f.mem = Memory::kDevice;
+  f.x = bx.f();
+  f.y = by.f();
+  report(cudnn_fused_batch_norm_op(f).code == Code::kUnsupported, "sync: cuDNN refuses synchronized statistics", "");
+  if (comm) {
+    a.whole_batch = &ws;
+    a.nccl = comm;
+    report(fused_batch_norm(a).code == Code::kRangeError, "sync: whole batch and NCCL together is kRangeError", "");
+  }
+  (void)synchronize("selftest");
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -703,6 +1131,26 @@ int main(int argc, char** argv) {
     if (quick && c.name == "W3") continue;
     run_case(c, reps, timing);
   }
+
+  // Synchronized batch norm. NCCL: a one-rank group in this process (the check of
+  // several GPUs is scripts/nccl-check.sh).
+  check_rank_merge();
+  nccl::Comm* comm = nullptr;
+  const nccl::LoadInfo nl = nccl::probe("");
+  if (nl.loaded) {
+    unsigned char id[nccl::kUniqueIdBytes];
+    const Status s = nccl::unique_id(id);
+    if (check_status(s, "sync: ncclGetUniqueId")) check_status(nccl::comm_init(id, 1, 0, &comm), "sync: ncclCommInitRank");
+    std::printf("NCCL: version %d from %s%s\n", nl.version, nl.path.c_str(), comm ? ", one-rank communicator" : "");
+  } else {
+    std::printf("NCCL: %s (the one-rank checks are skipped)\n", nl.reason.c_str());
+  }
+  check_sync_errors(comm);
+  for (const Case& c : cases) {
+    if (c.name.size() == 2 && c.name[0] == 'W' && c.name != "W6") continue;  // the large ones: W6 covers [N, C]
+    check_sync_case(c, comm);
+  }
+  nccl::comm_free(comm);
   std::printf("%s: %d failed check(s)\n", failures == 0 ? "PASS" : "FAIL", failures);
   return failures == 0 ? 0 : 1;
 }

@@ -23,6 +23,16 @@
 // block, and across blocks with one warp per channel in fixed order: deterministic, no
 // atomics. GradSink turns the sums into dscale = invstd·Σdy·(x − μ), doffset = Σdy and the
 // coefficients of dx = g·(dy − a − (x − μ)·b); the dx pass is channel_apply.cuh's GradOp.
+//
+// Synchronized batch norm replaces only where the statistics come from; TrainSink and
+// GradSink::finish stay the one place the bookkeeping is written. Forward: given
+// whole-batch statistics reach TrainSink through given_stats_kernel (no pass over x);
+// with NCCL, the shard's statistics are packed, all-gathered and folded in rank order by
+// merge_ranks_kernel into TrainSink (sync_stats.cuh). Backward: given sums reach
+// GradSink::finish through grad_given_sums_kernel (no reduction pass); with NCCL the
+// shard's sums are packed, all-reduced into a second buffer, and the same kernel reads
+// both (dscale/doffset from the shard's, dx from the whole batch's). The collectives are
+// enqueued between the kernels on the same stream: nothing waits on the host.
 #include <cooperative_groups.h>
 #include <cuda_runtime.h>
 
@@ -30,9 +40,11 @@
 #include <cmath>
 #include <mutex>
 
+#include "../native/backend_api/nccl.h"
 #include "channel_apply.cuh"
 #include "common.cuh"
 #include "stats.cuh"
+#include "sync_stats.cuh"
 
 namespace bn {
 namespace cuda {
@@ -441,7 +453,9 @@ struct SumsSink {
 };
 
 // lib's gradCoefficients: g = scale·invstd; training: a = Σdy/N, b = invstd²·Σdy(x−μ)/N;
-// frozen statistics: a = b = 0. dscale = invstd·Σdy(x−μ), doffset = Σdy.
+// frozen statistics: a = b = 0. dscale = invstd·Σdy(x−μ), doffset = Σdy. finish() is the
+// one place these are computed: the local backward hands it its own sums twice (from the
+// reduction kernels' epilogue), the synchronized one the shard's and the whole batch's.
 struct GradSink {
   const float* scale;  // null = ones
   const float* saved_mean;
@@ -456,22 +470,53 @@ struct GradSink {
   double* tg;
   double* ta;
   double* tb;
-  __device__ __forceinline__ void operator()(long long c, const GradSums& s) const {
+  // shard: what dscale, doffset and the float64 sum outputs are; whole (count n): what
+  // the coefficients of dx are.
+  __device__ __forceinline__ void finish(long long c, const GradSums& shard, const GradSums& whole, double n) const {
     const double inv = static_cast<double>(saved_inv_std[c]);
     const double g = (scale ? static_cast<double>(scale[c]) : 1.0) * inv;
     double a = 0, b = 0;
-    if (training && N > 0) {
-      a = s.s1 / N;
-      b = inv * inv * s.s2 / N;
+    if (training && n > 0) {
+      a = whole.s1 / n;
+      b = inv * inv * whole.s2 / n;
     }
-    if (dscale) dscale[c] = static_cast<float>(inv * s.s2);
-    if (doffset) doffset[c] = static_cast<float>(s.s1);
-    if (sum_dy) sum_dy[c] = s.s1;
-    if (sum_dy_xmu) sum_dy_xmu[c] = s.s2;
+    if (dscale) dscale[c] = static_cast<float>(inv * shard.s2);
+    if (doffset) doffset[c] = static_cast<float>(shard.s1);
+    if (sum_dy) sum_dy[c] = shard.s1;
+    if (sum_dy_xmu) sum_dy_xmu[c] = shard.s2;
     tmu[c] = static_cast<double>(saved_mean[c]);
     tg[c] = g;
     ta[c] = a;
     tb[c] = b;
+  }
+  __device__ __forceinline__ void operator()(long long c, const GradSums& s) const { finish(c, s, s, N); }
+};
+
+// The synchronized backward's finish, per channel, from sums already in device memory:
+// no pass over the data. The whole batch's count is `count`, or *count_dev when given
+// (the all-reduced one, which only the device knows without a synchronization).
+__global__ void __launch_bounds__(kThreads) grad_given_sums_kernel(long long C, GradSink sink,
+                                                                   const double* __restrict__ shard_s1,
+                                                                   const double* __restrict__ shard_s2,
+                                                                   const double* __restrict__ whole_s1,
+                                                                   const double* __restrict__ whole_s2,
+                                                                   const double* __restrict__ count_dev,
+                                                                   double count) {
+  const double n = count_dev ? *count_dev : count;
+  for (long long c = static_cast<long long>(blockIdx.x) * kThreads + threadIdx.x; c < C;
+       c += static_cast<long long>(gridDim.x) * kThreads)
+    sink.finish(c, GradSums{shard_s1[c], shard_s2[c]}, GradSums{whole_s1[c], whole_s2[c]}, n);
+}
+
+// The synchronized backward's packed block [count, Σdy[C], Σdy·(x − μ)[C]] of this shard.
+struct PackedSumsSink {
+  double* packed;
+  long long C;
+  double count;
+  __device__ __forceinline__ void operator()(long long c, const GradSums& g) const {
+    if (c == 0) packed[0] = count;
+    packed[1 + c] = g.s1;
+    packed[1 + C + c] = g.s2;
   }
 };
 
@@ -599,6 +644,24 @@ Status missing(const char* op, const char* what) {
   return Status::Error(Code::kRangeError, std::string(op) + ": " + what + " is required");
 }
 
+// Synchronized forward over NCCL: this shard's packed statistics, all-gathered, merged
+// in rank order into the sink. Enqueued on `st`, nothing waited for.
+template <class Sink>
+Status gather_stats(const FusedBatchNormArgs& a, const Sink& sink, cudaStream_t st, const char* op) {
+  const long long A = a.view.A, C = a.view.C, B = a.view.B;
+  const int R = nccl::comm_size(a.nccl);
+  if (R < 1) return Status::Error(Code::kRangeError, std::string(op) + ": the NCCL communicator has no ranks");
+  const long long P = syncbn::packed_size(C);
+  Scratch packed;  // this rank's block, then the R gathered ones
+  BN_TRY(packed.alloc(static_cast<size_t>(P) * (1 + static_cast<size_t>(R)) * sizeof(double), op));
+  double* mine = packed.as<double>();
+  double* gathered = mine + P;
+  BN_TRY(stats::launch_stats(Shape{A, C, B}, {true, false, true}, a.x, syncbn::PackedStatsSink{mine, C}, st, op));
+  BN_TRY(nccl::all_gather_enqueue(a.nccl, mine, gathered, static_cast<size_t>(P), st, op));
+  syncbn::merge_ranks_kernel<Sink><<<grid_for(C, kThreads), kThreads, 0, st>>>(gathered, R, C, sink);
+  return check_launch(op, "merge_ranks_kernel");
+}
+
 Status launch_forward(const FusedBatchNormArgs& a, cudaStream_t st, const char* op, ForwardPlan* used) {
   const long long A = a.view.A, C = a.view.C, B = a.view.B;
   *used = ForwardPlan::kTwoPass;
@@ -609,6 +672,16 @@ Status launch_forward(const FusedBatchNormArgs& a, cudaStream_t st, const char* 
       return Status::Error(Code::kRangeError, std::string(op) + ": running mean and variance are required " +
                                                   (a.training ? "when factor != 1" : "in inference"));
   }
+  // Synchronized statistics replace x's own in training; inference exchanges nothing.
+  const WholeBatchStats* whole = a.training ? a.whole_batch : nullptr;
+  nccl::Comm* comm = a.training ? a.nccl : nullptr;
+  if (whole && comm)
+    return Status::Error(Code::kRangeError, std::string(op) + ": whole-batch statistics and an NCCL communicator "
+                                                              "were both given (at most one)");
+  if (whole && (!whole->mean || !whole->m2)) return missing(op, "the whole batch's mean and M2 (device pointers)");
+  if ((whole || comm) && a.plan == ForwardPlan::kPersistent)
+    return Status::Error(Code::kUnsupported, std::string(op) + ": the persistent plan computes x's own statistics; "
+                                                               "synchronized batch norm runs the two-pass plan");
   Scratch table;
   BN_TRY(table.alloc(3 * static_cast<size_t>(C) * sizeof(double), op));
   TrainSink sink{a.scale, a.offset, a.running_mean, a.running_var, a.epsilon, a.factor,
@@ -618,6 +691,12 @@ Status launch_forward(const FusedBatchNormArgs& a, cudaStream_t st, const char* 
   if (!a.training) {
     inference_prepare_kernel<<<grid_for(C, kThreads), kThreads, 0, st>>>(C, sink);
     BN_TRY(check_launch(op, "inference_prepare_kernel"));
+  } else if (whole) {
+    syncbn::given_stats_kernel<TrainSink>
+        <<<grid_for(C, kThreads), kThreads, 0, st>>>(C, whole->count, whole->mean, whole->m2, sink);
+    BN_TRY(check_launch(op, "given_stats_kernel"));
+  } else if (comm) {
+    BN_TRY(gather_stats(a, sink, st, op));
   } else {
     const long long n = A * C * B;
     // Persistent plan: channels last and a co-resident grid; under kAuto also x in L2.
@@ -698,13 +777,41 @@ Status batch_norm_grad(const BatchNormGradArgs& a, Stream stream) {
   if (C == 0) return Status::Ok();
   if (!a.saved_mean || !a.saved_inv_std) return missing(op, "saved_mean and saved_inv_std");
   if (A * B > 0 && (!a.dy || !a.x)) return missing(op, "dy and x (device pointers)");
+  // Synchronized sums replace x's own in dx when training; frozen statistics exchange nothing.
+  const WholeBatchGradSums* whole = a.training ? a.whole_batch : nullptr;
+  nccl::Comm* comm = a.training ? a.nccl : nullptr;
+  if (whole && comm)
+    return Status::Error(Code::kRangeError, std::string(op) + ": whole-batch sums and an NCCL communicator were "
+                                                              "both given (at most one)");
+  if (whole && (!whole->sum_dy || !whole->sum_dy_xmu || !whole->shard_sum_dy || !whole->shard_sum_dy_xmu))
+    return missing(op, "the whole batch's and the shard's sums (device pointers)");
   {
     Scratch table;
     BN_TRY(table.alloc(4 * static_cast<size_t>(C) * sizeof(double), op));
     double* t = table.as<double>();
-    const GradSink sink{a.scale, a.saved_mean, a.saved_inv_std, static_cast<double>(A) * static_cast<double>(B),
-                        a.training, a.dscale, a.doffset, a.sum_dy, a.sum_dy_xmu, t, t + C, t + 2 * C, t + 3 * C};
-    BN_TRY(launch_grad_sums(a.dy, a.x, MeanSource{a.saved_mean, nullptr}, A, C, B, sink, s.st, op));
+    const double n_shard = static_cast<double>(A) * static_cast<double>(B);
+    const GradSink sink{a.scale, a.saved_mean, a.saved_inv_std, n_shard, a.training, a.dscale, a.doffset,
+                        a.sum_dy, a.sum_dy_xmu, t, t + C, t + 2 * C, t + 3 * C};
+    const MeanSource mu{a.saved_mean, nullptr};
+    Scratch packed;  // nccl: this shard's block, then the all-reduced one
+    if (whole) {
+      grad_given_sums_kernel<<<grid_for(C, kThreads), kThreads, 0, s.st>>>(
+          C, sink, whole->shard_sum_dy, whole->shard_sum_dy_xmu, whole->sum_dy, whole->sum_dy_xmu, nullptr,
+          whole->count);
+      BN_TRY(check_launch(op, "grad_given_sums_kernel"));
+    } else if (comm) {
+      const long long P = syncbn::packed_size(C);
+      BN_TRY(packed.alloc(2 * static_cast<size_t>(P) * sizeof(double), op));
+      double* mine = packed.as<double>();
+      double* all = mine + P;
+      BN_TRY(launch_grad_sums(a.dy, a.x, mu, A, C, B, PackedSumsSink{mine, C, n_shard}, s.st, op));
+      BN_TRY(nccl::all_reduce_enqueue(comm, mine, all, static_cast<size_t>(P), s.st, op));
+      grad_given_sums_kernel<<<grid_for(C, kThreads), kThreads, 0, s.st>>>(C, sink, mine + 1, mine + 1 + C, all + 1,
+                                                                            all + 1 + C, all, 0);
+      BN_TRY(check_launch(op, "grad_given_sums_kernel"));
+    } else {
+      BN_TRY(launch_grad_sums(a.dy, a.x, mu, A, C, B, sink, s.st, op));
+    }
     if (a.dx) {
       chan::GradOp gop{{a.dy, a.x}, a.dx, t, t + C, t + 2 * C, t + 3 * C};
       BN_TRY(chan::launch_apply(gop, A, C, B, s.st, op));

@@ -2,7 +2,8 @@
 // interface), on our kernels (cuda::fused_batch_norm / batch_norm_grad) and on cuDNN.
 // Device data only enqueues work on the backend's stream. Host Float32Arrays are staged:
 // inputs copied in, the kernels run, outputs copied back (copy_to_host waits for them),
-// as moments and batchNormalization do.
+// as moments and batchNormalization do. Synchronized batch norm: host whole-batch
+// vectors are staged like any other input; an NCCL communicator takes device data only.
 #include <cuda_runtime.h>
 
 #include <vector>
@@ -26,13 +27,14 @@ class Staging {
   ~Staging() {
     for (void* p : blocks_) device_free(p);  // stream-ordered: in-flight kernels keep them
   }
-  // A device pointer for an input of n floats (null stays null).
-  Status in(const float* src, int64_t n, const float** dst) {
+  // A device pointer for an input of n elements (null stays null).
+  template <typename T>
+  Status in(const T* src, int64_t n, const T** dst) {
     *dst = src;
     if (!host_ || !src || n == 0) return Status::Ok();
-    float* d = nullptr;
+    T* d = nullptr;
     BN_TRY(alloc(n, &d));
-    BN_TRY(copy_to_device(d, src, static_cast<size_t>(n) * sizeof(float), op_));
+    BN_TRY(copy_to_device(d, src, static_cast<size_t>(n) * sizeof(T), op_));
     *dst = d;
     return Status::Ok();
   }
@@ -67,11 +69,12 @@ class Staging {
   }
 
  private:
-  Status alloc(int64_t n, float** d) {
+  template <typename T>
+  Status alloc(int64_t n, T** d) {
     void* p = nullptr;
-    BN_TRY(device_alloc(static_cast<size_t>(n) * sizeof(float), &p, op_));
+    BN_TRY(device_alloc(static_cast<size_t>(n) * sizeof(T), &p, op_));
     blocks_.push_back(p);
-    *d = static_cast<float*>(p);
+    *d = static_cast<T*>(p);
     return Status::Ok();
   }
   struct Back {
@@ -85,11 +88,24 @@ class Staging {
   std::vector<Back> back_;
 };
 
+// NCCL's collectives run on device buffers between our kernels; host data would need a
+// host round trip inside the op (the host communicators do that exchange in lib/).
+Status nccl_needs_device(const char* op) {
+  return Status::Error(Code::kUnsupported, std::string(op) + ": an NCCL communicator needs device data (DeviceTensors); "
+                                                             "host data is synchronized through whole-batch statistics");
+}
+
+Status cudnn_refuses_sync(const char* op) {
+  return Status::Error(Code::kUnsupported, std::string(op) + ": backend 'cudnn' computes the batch's own statistics "
+                                                             "only; synchronized batch norm runs on backend 'cuda'");
+}
+
 }  // namespace
 
 Status fused_batch_norm_op(const FusedArgs& a) {
   const char* op = "fusedBatchNorm";
   BN_TRY(require_device(op));
+  if (a.training && a.nccl && a.mem != Memory::kDevice) return nccl_needs_device(op);
   const int64_t n = numel(a.layout.shape), C = a.layout.C;
   Staging st(a.mem, op);
   FusedBatchNormArgs k;
@@ -110,6 +126,14 @@ Status fused_batch_norm_op(const FusedArgs& a) {
   BN_TRY(st.out(a.running_var_out, C, &k.running_var_out));
   BN_TRY(st.out(a.saved_mean, C, &k.saved_mean));
   BN_TRY(st.out(a.saved_inv_std, C, &k.saved_inv_std));
+  WholeBatchStats whole;
+  if (a.training && a.whole_batch) {
+    whole.count = a.whole_batch->count;
+    BN_TRY(st.in(a.whole_batch->mean, C, &whole.mean));
+    BN_TRY(st.in(a.whole_batch->m2, C, &whole.m2));
+    k.whole_batch = &whole;
+  }
+  if (a.training) k.nccl = a.nccl;
   BN_TRY(fused_batch_norm(k));
   return st.finish();
 }
@@ -117,6 +141,7 @@ Status fused_batch_norm_op(const FusedArgs& a) {
 Status batch_norm_grad_op(const GradArgs& a) {
   const char* op = "batchNormalizationGrad";
   BN_TRY(require_device(op));
+  if (a.training && a.nccl && a.mem != Memory::kDevice) return nccl_needs_device(op);
   const int64_t n = numel(a.layout.shape), C = a.layout.C;
   Staging st(a.mem, op);
   BatchNormGradArgs k;
@@ -130,6 +155,16 @@ Status batch_norm_grad_op(const GradArgs& a) {
   BN_TRY(st.out(a.dx, n, &k.dx));
   BN_TRY(st.out(a.dscale, C, &k.dscale));
   BN_TRY(st.out(a.doffset, C, &k.doffset));
+  WholeBatchGradSums whole;
+  if (a.training && a.whole_batch) {
+    whole.count = a.whole_batch->count;
+    BN_TRY(st.in(a.whole_batch->sum_dy, C, &whole.sum_dy));
+    BN_TRY(st.in(a.whole_batch->sum_dy_xmu, C, &whole.sum_dy_xmu));
+    BN_TRY(st.in(a.whole_batch->shard_sum_dy, C, &whole.shard_sum_dy));
+    BN_TRY(st.in(a.whole_batch->shard_sum_dy_xmu, C, &whole.shard_sum_dy_xmu));
+    k.whole_batch = &whole;
+  }
+  if (a.training) k.nccl = a.nccl;
   BN_TRY(batch_norm_grad(k));
   return st.finish();
 }
@@ -137,6 +172,7 @@ Status batch_norm_grad_op(const GradArgs& a) {
 Status cudnn_fused_batch_norm_op(const FusedArgs& a) {
   const char* op = "fusedBatchNorm";
   BN_TRY(require_device(op));
+  if (a.training && (a.whole_batch || a.nccl)) return cudnn_refuses_sync(op);
   const int64_t n = numel(a.layout.shape), C = a.layout.C;
   Staging st(a.mem, op);
   cudnn::FusedForwardArgs k;
@@ -165,6 +201,7 @@ Status cudnn_fused_batch_norm_op(const FusedArgs& a) {
 Status cudnn_batch_norm_grad_op(const GradArgs& a) {
   const char* op = "batchNormalizationGrad";
   BN_TRY(require_device(op));
+  if (a.training && (a.whole_batch || a.nccl)) return cudnn_refuses_sync(op);
   const int64_t n = numel(a.layout.shape), C = a.layout.C;
   Staging st(a.mem, op);
   cudnn::BackwardArgs k;

@@ -119,10 +119,17 @@ Status comm_init(const unsigned char*, int, int, Comm** out) {
 }
 void comm_abort(Comm*) {}
 void comm_free(Comm* c) { delete c; }
+int comm_size(const Comm*) { return 0; }
 Status all_reduce_host(Comm*, const double*, double*, size_t) { return unavailable("allReduce"); }
 Status all_gather_host(Comm*, const double*, double*, size_t) { return unavailable("allGather"); }
 Status all_reduce_device(Comm*, const float*, float*, size_t) { return unavailable("allReduceDevice"); }
 Status all_gather_device(Comm*, const float*, float*, size_t) { return unavailable("allGatherDevice"); }
+Status all_gather_enqueue(Comm*, const double*, double*, size_t, CUstream_st*, const char* op) {
+  return unavailable(op);
+}
+Status all_reduce_enqueue(Comm*, const double*, double*, size_t, CUstream_st*, const char* op) {
+  return unavailable(op);
+}
 }  // namespace nccl
 
 }  // namespace bn

@@ -10,12 +10,14 @@
 #              dispatch table (native/backend_api/dispatch_table.h) is rewritten from it
 #   torch      PyTorch BatchNorm under autograd: forward, backward, step, eval (torch-autograd.json)
 #   selftest   the CUDA self-test program (build/Release/batchnorm_cuda_selftest)
+#   nccl       scripts/nccl-check.sh: synchronized batch norm over NCCL, one rank per GPU
+#              (a single rank on a one-GPU machine), into $BATCHNORM_OUT/nccl
 #   cudatests  the suite again with setBackend('cuda') before every test (scripts/force-cuda.js),
 #              so host inputs run on our CUDA kernels wherever a test names no backend
 #   sanitize   compute-sanitizer memcheck and racecheck over the GPU test files and over the
 #              self-test (--quick --no-timing); only the out-of-memory tests' API errors may appear
 #   sweep      `batchnorm bench --sweep` on cuda (not in the default list)
-# Always: the device (nvidia-smi, `batchnorm info`), cuDNN discovery, and at the end
+# Always: the device (nvidia-smi, `batchnorm info`), cuDNN and NCCL discovery, and at the end
 # scripts/gpu-targets.js, which writes bench/results/gpu-<card>-<date>.{md,json} (each target as
 # {name, value, target, met}) when bench.json exists, and report.md in $BATCHNORM_OUT.
 # Node comes from $NODE (default `node`), Python from $PYTHON (default python3). Per-stage
@@ -28,7 +30,7 @@ PY="${PYTHON:-python3}"
 OUT="${BATCHNORM_OUT:-$PWD/gpu-report}"
 export BATCHNORM_OUT="$OUT"
 mkdir -p "$OUT"
-STAGES=",${GPU_CHECK_STAGES:-tests,cudatests,bench,torch,selftest,sanitize},"
+STAGES=",${GPU_CHECK_STAGES:-tests,cudatests,bench,torch,selftest,nccl,sanitize},"
 SUMMARY="$OUT/summary.txt"
 : > "$SUMMARY"
 status=0
@@ -84,6 +86,21 @@ if ! grep -q '"available":true' "$OUT/cudnn.txt"; then
   echo "cuDNN unavailable: its tests skip (BATCHNORM_REQUIRE_CUDNN=0)" | tee -a "$OUT/cudnn.txt"
   export BATCHNORM_REQUIRE_CUDNN=0
 fi
+
+# NCCL the same way (BATCHNORM_NCCL_PATH, the default search path, pip's nvidia-nccl-cu*
+# wheel, the disk), so the self-test's one-rank checks, the GPU tests and the nccl stage
+# find it. Without it they skip or report why.
+echo "== NCCL"
+if [ -z "${BATCHNORM_NCCL_PATH:-}" ] && ! ldconfig -p 2>/dev/null | grep -q 'libnccl\.so\.2 '; then
+  d=$("$PY" -c "import nvidia.nccl, os; print(os.path.join(list(nvidia.nccl.__path__)[0], 'lib'))" 2>/dev/null || true)
+  if [ -n "$d" ] && [ -e "$d/libnccl.so.2" ]; then
+    export BATCHNORM_NCCL_PATH="$d"
+  else
+    f=$(find / -xdev -name 'libnccl.so.2*' -not -path '/proc/*' 2>/dev/null | head -1)
+    if [ -n "$f" ]; then BATCHNORM_NCCL_PATH=$(dirname "$f"); export BATCHNORM_NCCL_PATH; fi
+  fi
+fi
+"$NODE" -e "const b=require('./dist/lib/index.js'); console.log('BATCHNORM_NCCL_PATH=${BATCHNORM_NCCL_PATH:-}', JSON.stringify(b.ncclProbe()))" | tee "$OUT/nccl-probe.txt"
 
 # The release test packs with npm; GPU machines may have no npm, and then it is left out.
 IGNORE=()
@@ -166,6 +183,22 @@ if want selftest; then
     record selftest "$rc" "$(tail -1 "$OUT/selftest.txt") in $(elapsed "$t0")"
   else
     record selftest 1 "$SELFTEST not built"
+  fi
+fi
+
+if want nccl; then
+  if grep -q '"loaded":true' "$OUT/nccl-probe.txt"; then
+    echo "== NCCL (scripts/nccl-check.sh)"
+    t0=$(date +%s)
+    lim=$(limit nccl 90)
+    # Each rank's own timeout ends inside the stage's, so no rank outlives the stage.
+    NCCL_CHECK_RANK_TIMEOUT=$(( lim > 20 ? lim - 10 : lim )) BATCHNORM_OUT="$OUT/nccl" timeout "$lim" \
+      bash scripts/nccl-check.sh 2>&1 | tee "$OUT/nccl.txt"
+    rc=${PIPESTATUS[0]}
+    record nccl "$rc" "$(tail -1 "$OUT/nccl.txt") in $(elapsed "$t0")"
+  else
+    # An optional library, as cuDNN: the report says it did not run, and why.
+    echo "SKIP nccl: NCCL not loadable here (see nccl-probe.txt); the synchronized device path did not run" >> "$SUMMARY"
   fi
 fi
 
@@ -256,6 +289,8 @@ fi
   sed 's/^/- /' "$SUMMARY"
   echo
   echo "cuDNN: $(tr '\n' ' ' < "$OUT/cudnn.txt")"
+  echo
+  echo "NCCL: $(tr '\n' ' ' < "$OUT/nccl-probe.txt")"
 } > "$OUT/report.md"
 cat "$OUT/report.md"
 echo "report: $OUT/report.md"

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # NCCL check for GPU machines: one process per visible GPU (CUDA_VISIBLE_DEVICES=i, so each
 # rank uses its device 0), each running scripts/nccl-rank.js: synchronized batch norm
-# forward + backward on uneven shards against the whole batch computed without a
-# communicator, the device collectives, and the exchange time for the channel counts of
-# W1–W6. On a one-GPU machine it runs a single rank (NCCL does not allow two ranks on one
+# forward + backward on uneven shards (host tensors, and DeviceTensors whose ops run the
+# NCCL collectives between their kernels; NHWC and NCHW) against the whole batch computed
+# without a communicator, the device collectives, and the exchange time for the channel
+# counts of W1–W6 (host collectives, and a device training step with and without sync). On a one-GPU machine it runs a single rank (NCCL does not allow two ranks on one
 # GPU) and says that multi-GPU is untested. Writes $BATCHNORM_OUT (default ./nccl-report).
 # Needs the built addon (npx cmake-js compile && npm run build) and libnccl.so.2:
 # BATCHNORM_NCCL_PATH, else the default search path, else the pip package nvidia-nccl-cu*.
+# NCCL_CHECK_RANK_TIMEOUT: seconds each rank may run (default 300).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 NODE="${NODE:-node}"
@@ -39,7 +41,7 @@ TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
 pids=()
 for ((i = 0; i < N; i++)); do
-  CUDA_VISIBLE_DEVICES=$i timeout 300 "$NODE" scripts/nccl-rank.js "$i" "$N" "$TMP" > "$OUT/rank$i.json" 2> "$OUT/rank$i.err" &
+  CUDA_VISIBLE_DEVICES=$i timeout "${NCCL_CHECK_RANK_TIMEOUT:-300}" "$NODE" scripts/nccl-rank.js "$i" "$N" "$TMP" > "$OUT/rank$i.json" 2> "$OUT/rank$i.err" &
   pids+=($!)
 done
 status=0

@@ -98,6 +98,17 @@ enum class ForwardPlan { kAuto = 0, kTwoPass = 1, kPersistent = 2 };
 // running_mean_out/running_var_out (in-place update). Every statistic output may be null
 // (not wanted); y may be x (in place). mean64/m2_64 (optional): the float64 batch mean and
 // M2 = Σ(x − mean)², the sufficient statistics.
+//
+// Synchronized batch norm (training only; ignored in inference, which exchanges
+// nothing; at most one of the two): x is one shard of the batch, and the statistics
+// above are the whole batch's instead of x's own, with n = the whole batch's count.
+//   whole_batch: given (count on the host, mean and M2: C device doubles each): no
+//     statistics pass over x; the bookkeeping and normalize as above.
+//   nccl: this shard's (count, mean, M2) go into device scratch [count, mean[C], M2[C]],
+//     are all-gathered over the communicator (2C + 1 float64 per rank), and merged in
+//     rank order with Chan et al.'s update (the same bits on every rank); then as
+//     whole_batch. Every step, the collective included, is enqueued on the stream.
+// Neither runs the persistent plan (kPersistent is then kUnsupported).
 struct FusedBatchNormArgs {
   ChannelView view;
   const float* x = nullptr;
@@ -119,6 +130,8 @@ struct FusedBatchNormArgs {
   float* saved_inv_std = nullptr;
   double* mean64 = nullptr;
   double* m2_64 = nullptr;
+  const WholeBatchStats* whole_batch = nullptr;
+  nccl::Comm* nccl = nullptr;
 };
 // *plan_used (optional) gets the plan that ran.
 Status fused_batch_norm(const FusedBatchNormArgs& a, Stream stream = nullptr, ForwardPlan* plan_used = nullptr);
@@ -132,6 +145,14 @@ Status fused_batch_norm(const FusedBatchNormArgs& a, Stream stream = nullptr, Fo
 // Σdy and Σdy·(x − μ) are accumulated in float64 in a fixed order (deterministic). scale
 // may be null (ones); dx, dscale, doffset, sum_dy, sum_dy_xmu may each be null (not
 // wanted); dx may be dy (in place).
+//
+// Synchronized batch norm (training only; ignored for frozen statistics; at most one):
+// dx uses the whole batch's Σdy, Σdy·(x − μ) and count N; dscale, doffset, sum_dy and
+// sum_dy_xmu stay this shard's (as PyTorch's SyncBatchNorm).
+//   whole_batch: all four sums given (C device doubles each): no reduction pass.
+//   nccl: this shard's sums go into device scratch [count, Σdy[C], Σdy·(x − μ)[C]],
+//     are all-reduced (sum, 2C + 1 float64) over the communicator into a second
+//     buffer, and dx is applied with the result. Enqueued on the stream, as the rest.
 struct BatchNormGradArgs {
   ChannelView view;
   const float* dy = nullptr;
@@ -145,6 +166,8 @@ struct BatchNormGradArgs {
   float* doffset = nullptr;
   double* sum_dy = nullptr;      // float64 Σdy per channel
   double* sum_dy_xmu = nullptr;  // float64 Σdy·(x − μ) per channel
+  const WholeBatchGradSums* whole_batch = nullptr;
+  nccl::Comm* nccl = nullptr;
 };
 Status batch_norm_grad(const BatchNormGradArgs& a, Stream stream = nullptr);
 
@@ -156,8 +179,10 @@ Status channel_grad_apply(const ChannelGradArgs& p, const double* g, const doubl
                           Stream stream = nullptr);
 
 // The training ops as the dispatcher calls them (cuda/training_ops.cu): device data only
-// enqueues; host data is staged in and out (the call returns when the results are there).
-// The cudnn_ variants run cuDNN's training forward / backward (batch statistics only).
+// enqueues; host data is staged in and out (the call returns when the results are there),
+// the whole_batch vectors included. nccl needs device data (kUnsupported otherwise).
+// The cudnn_ variants run cuDNN's training forward / backward (batch statistics only:
+// whole_batch or nccl is kUnsupported).
 Status fused_batch_norm_op(const FusedArgs& a);
 Status batch_norm_grad_op(const GradArgs& a);
 Status cudnn_fused_batch_norm_op(const FusedArgs& a);

@@ -6,6 +6,8 @@
 
 #include "status.h"
 
+struct CUstream_st;  // cudaStream_t (CUDA's driver_types.h), without the CUDA headers
+
 namespace bn {
 namespace nccl {
 
@@ -36,6 +38,8 @@ Status comm_init(const unsigned char* id, int size, int rank, Comm** out);
 void comm_abort(Comm* c);
 // ncclCommDestroy (unless aborted) and frees *c; no collective may be in flight. null: no-op.
 void comm_free(Comm* c);
+// The number of ranks of the group (what comm_init was given).
+int comm_size(const Comm* c);
 
 // Collectives on our stream, waited for. Host variants stage float64 arrays through
 // device memory; device variants take float32 device pointers and never touch the host.
@@ -44,6 +48,19 @@ Status all_reduce_host(Comm* c, const double* send, double* recv, size_t count);
 Status all_gather_host(Comm* c, const double* send, double* recv, size_t count);
 Status all_reduce_device(Comm* c, const float* send, float* recv, size_t count);
 Status all_gather_device(Comm* c, const float* send, float* recv, size_t count);
+
+// The same collectives on float64 device buffers, enqueued on `stream` and not waited
+// for: they return once NCCL has queued the work, ordered on the stream after the
+// kernels that produce `send` and before those that read `recv`. They report a bad call
+// and a communicator that has already failed or been aborted. A failure while the
+// collective runs shows at the next synchronization; a collective that cannot complete
+// (a peer died before joining it) holds the stream, and whatever waits on it, until
+// comm_abort. For the device training ops, whose calls only enqueue. `op` names the
+// calling op in errors.
+Status all_gather_enqueue(Comm* c, const double* send, double* recv, size_t count, CUstream_st* stream,
+                          const char* op);
+Status all_reduce_enqueue(Comm* c, const double* send, double* recv, size_t count, CUstream_st* stream,
+                          const char* op);
 
 }  // namespace nccl
 }  // namespace bn
