@@ -5,9 +5,15 @@ import { checkBoolean, checkEpsilon, checkInteger, checkNumber, checkOneOf, chec
 import { BackendError, prefixed } from './errors';
 import { batchNormalization } from './ops';
 import { checkTensor, describe, fmtShape, product, type Tensor } from './tensor';
-import { batchNormalizationGrad, batchNormalizationGradAsync, fusedBatchNorm } from './training';
+import {
+  batchNormalizationGrad, batchNormalizationGradAsync, fusedBatchNorm, fusedBatchNormAsync,
+  type DeviceFusedBatchNormOptions, type DeviceFusedBatchNormResult,
+} from './training';
 import { checkCommunicator, type Communicator } from './sync/communicator';
 import { syncFusedBatchNorm } from './sync/ops';
+import {
+  addVectors, DeviceSum, deviceIO, emaStep, MirroredVector, momentumStep, runningUpdate, UploadCache, type RunningUpdate,
+} from './layer-device';
 
 export type Convention = 'keras' | 'tf-fused' | 'pytorch' | 'tf-moments-ema';
 
@@ -104,6 +110,15 @@ interface Cache {
   training: boolean;
   /** The statistics came from every rank: backward must exchange too. */
   synced?: boolean;
+}
+
+/** A device forward's plan: the fused op's options and how the running statistics are updated. */
+interface DeviceStep {
+  options: DeviceFusedBatchNormOptions;
+  update: RunningUpdate;
+  /** The running update's share of the old value (the EMA of the biased running variance). */
+  keep: number;
+  training: boolean;
 }
 
 /** Frees the DeviceTensors a cache holds (the saved statistics of a device forward). */
@@ -209,10 +224,17 @@ export class BatchNormalization {
   private C: number | null = null;
   private gamma: Float32Array | null = null;
   private beta: Float32Array | null = null;
-  private dGamma: Float32Array | null = null;
-  private dBeta: Float32Array | null = null;
-  private runMean: Float32Array | null = null;
-  private runVar: Float32Array | null = null;
+  /** dgamma/dbeta: host arrays, plus the device sum of the passes since gradients() was read. */
+  private dGamma: DeviceSum<DeviceTensor> | null = null;
+  private dBeta: DeviceSum<DeviceTensor> | null = null;
+  /** Running statistics: host arrays with a device twin on the device; read() brings the host copy up to date. */
+  private runMean: MirroredVector<DeviceTensor> | null = null;
+  private runVar: MirroredVector<DeviceTensor> | null = null;
+  /** Device copies of gamma, beta and the constants of the vector updates, uploaded when their values change. */
+  private readonly uploads = {
+    gamma: new UploadCache(deviceIO), beta: new UploadCache(deviceIO),
+    zero: new UploadCache(deviceIO), one: new UploadCache(deviceIO), keep: new UploadCache(deviceIO),
+  };
   private emaMean: Float64Array | null = null;
   private emaVar: Float64Array | null = null;
   private steps = 0;
@@ -247,13 +269,19 @@ export class BatchNormalization {
   }
 
   private build(C: number): void {
+    // The vectors are replaced: their device copies go without being read.
+    this.runMean?.discard();
+    this.runVar?.discard();
+    this.dGamma?.zero();
+    this.dBeta?.zero();
     this.C = C;
     this.gamma = this.scale ? new Float32Array(C).fill(1) : null;
     this.beta = this.center ? new Float32Array(C) : null;
-    this.dGamma = this.scale ? new Float32Array(C) : null;
-    this.dBeta = this.center ? new Float32Array(C) : null;
-    this.runMean = new Float32Array(C).fill(this.spec.initialMean);
-    this.runVar = new Float32Array(C).fill(this.spec.initialVariance);
+    const add = (a: DeviceTensor, b: DeviceTensor) => addVectors(a, b, this.constant('zero', 0), this.constant('one', 1));
+    this.dGamma = this.scale ? new DeviceSum(new Float32Array(C), deviceIO, add) : null;
+    this.dBeta = this.center ? new DeviceSum(new Float32Array(C), deviceIO, add) : null;
+    this.runMean = new MirroredVector(new Float32Array(C).fill(this.spec.initialMean), deviceIO);
+    this.runVar = new MirroredVector(new Float32Array(C).fill(this.spec.initialVariance), deviceIO);
     if (this.spec.zeroDebias) {
       this.emaMean = new Float64Array(C);
       this.emaVar = new Float64Array(C);
@@ -273,11 +301,16 @@ export class BatchNormalization {
   }
 
   /**
-   * Keeps the layer's work on the GPU: forward() and backward() then take and return
-   * DeviceTensors (cuDNN's fused training forward and backward where it applies, our CUDA
-   * kernels otherwise). gamma, beta and the running statistics stay host arrays of C
-   * numbers, so state(), parameters() and optimizers work unchanged; each training step
-   * downloads the 3·C batch statistics to update them. Throws BackendError
+   * Keeps the layer's work on the GPU: forward() and backward() (and their Async twins)
+   * then take and return DeviceTensors (cuDNN's fused training forward and backward where
+   * it applies, our CUDA kernels otherwise). The running statistics move to the device
+   * (uploaded here, or at the first forward when the channel count is not known yet) and
+   * the fused training op updates them there; their host arrays are brought up to date —
+   * one download — when read (runningStatistics(), state(), toHost()). dgamma/dbeta are
+   * summed on the device and downloaded when gradients() is read. gamma and beta stay
+   * host arrays that optimizers update in place; a step uploads them (C floats each) when
+   * they changed. Only TF's zero-debiased average (zeroDebias) keeps its update on the
+   * host: it downloads the batch statistics each training step. Throws BackendError
    * (ERR_BACKEND_UNAVAILABLE, with the reason) when the CUDA backend is unavailable.
    */
   toDevice(): this {
@@ -286,11 +319,21 @@ export class BatchNormalization {
       throw new BackendError(`BatchNormalization.toDevice: backend 'cuda' is unavailable: ${cuda?.reason ?? 'unknown'}`, 'ERR_BACKEND_UNAVAILABLE');
     }
     this.onDevice = true;
+    this.runMean?.device();
+    this.runVar?.device();
     return this;
   }
 
-  /** Back to host tensors (the default). */
+  /**
+   * Back to host tensors (the default): the running statistics and pending gradient sums
+   * are downloaded and the layer's device memory is freed.
+   */
   toHost(): this {
+    this.runMean?.release();
+    this.runVar?.release();
+    this.dGamma?.read();
+    this.dBeta?.read();
+    for (const u of Object.values(this.uploads)) u.release();
     this.onDevice = false;
     return this;
   }
@@ -309,53 +352,69 @@ export class BatchNormalization {
   forward(x: Tensor, options?: { training?: boolean }): Tensor;
   forward(x: Tensor | DeviceTensor, options?: { training?: boolean }): Tensor | DeviceTensor {
     const fn = 'BatchNormalization.forward';
-    if (typeof options === 'boolean') {
-      throw new TypeError(`${fn}: options must be an object, got ${options}; write forward(x, {training: ${options}})`);
-    }
-    const o = checkOptions<{ training?: boolean }>(fn, options, OPTION_KEYS.forward);
-    const training = checkBoolean(fn, 'options.training', o.training, false);
+    const { x: xt, training } = this.checkForward(fn, x, options);
     if (training && this.sync) throw new TypeError(`${fn}: the layer synchronizes its statistics (options.sync); train with forwardAsync`);
-    if ((x instanceof DeviceTensor) !== this.onDevice) {
-      throw new TypeError(this.onDevice
-        ? `${fn}: the layer is on the device (toDevice()); x must be a DeviceTensor, got ${describe(x)}`
-        : `${fn}: x is a DeviceTensor; call toDevice() on the layer first`);
-    }
-    if (x instanceof DeviceTensor) x.handle(fn, 'x');
-    else x = checkTensor(fn, 'x', x);
     try {
-      return this.forwardChecked(fn, x, training);
+      return this.forwardChecked(fn, xt, training);
     } catch (e) {
       throw prefixed(fn, e);
     }
   }
 
-  private forwardChecked(fn: string, x: Tensor | DeviceTensor, training: boolean): Tensor | DeviceTensor {
-    const ax = this.channelAxis(fn, x);
-    const eps = this.spec.epsilon;
-    const ps = x.shape.slice(ax).map((d, i) => (i === 0 ? d : 1));
-    if (!training) {
-      const params = [{ data: this.runMean!, shape: ps }, { data: this.runVar!, shape: ps },
-        this.beta ? { data: this.beta, shape: ps } : null, this.gamma ? { data: this.gamma, shape: ps } : null] as const;
-      const y = x instanceof DeviceTensor ? batchNormalization(x, ...params, eps) : batchNormalization(x, ...params, eps);
-      releaseCache(this.cache);
-      this.cache = { x, mean: this.runMean!.slice(), invStd: Float32Array.from(this.runVar!, (v) => 1 / Math.sqrt(v + eps)), training: false };
-      return y;
+  /** forward's arguments checked: x on the layer's side (host or device), options.training. */
+  private checkForward(fn: string, x: unknown, options: unknown): { x: Tensor | DeviceTensor; training: boolean } {
+    if (typeof options === 'boolean') {
+      throw new TypeError(`${fn}: options must be an object, got ${options}; write forward(x, {training: ${options}})`);
     }
+    const o = checkOptions<{ training?: boolean }>(fn, options, OPTION_KEYS.forward);
+    const training = checkBoolean(fn, 'options.training', o.training, false);
+    if ((x instanceof DeviceTensor) !== this.onDevice) {
+      throw new TypeError(this.onDevice
+        ? `${fn}: the layer is on the device (toDevice()); x must be a DeviceTensor, got ${describe(x)}`
+        : `${fn}: x is a DeviceTensor; call toDevice() on the layer first`);
+    }
+    if (x instanceof DeviceTensor) {
+      x.handle(fn, 'x');
+      return { x, training };
+    }
+    return { x: checkTensor(fn, 'x', x), training };
+  }
+
+  /** The per-channel count of a training batch, checked (RangeError for one value per channel). */
+  private trainingCount(fn: string, x: { shape: readonly number[] }): number {
     const n = product(x.shape) / this.C!;
     if (n <= 1) {
       throw new RangeError(`${fn}: training needs more than 1 value per channel, got x of shape ${fmtShape(x.shape)} (as PyTorch)`);
     }
-    releaseCache(this.cache);
-    this.cache = null;
+    return n;
+  }
+
+  private forwardChecked(fn: string, x: Tensor | DeviceTensor, training: boolean): Tensor | DeviceTensor {
+    const ax = this.channelAxis(fn, x);
+    const n = training ? this.trainingCount(fn, x) : 0;
+    if (training) {
+      // A failed training forward leaves nothing to differentiate.
+      releaseCache(this.cache);
+      this.cache = null;
+    }
     if (x instanceof DeviceTensor) {
-      const r = fusedBatchNorm(x, this.gamma, this.beta, { axis: ax, epsilon: eps, isTraining: true });
-      // Only the C-element statistics come back to the host, for the running update.
-      const biased = this.spec.runningVariance === 'biased';
-      this.updateRunning(r.batchMean.download(), (biased ? r.batchVarianceBiased : r.batchVariance).download());
-      for (const t of [r.batchMean, r.batchVariance, r.batchVarianceBiased, r.runningMean, r.runningVariance]) t.dispose();
-      this.lastCount = n;
-      this.cache = { x, mean: r.savedMean, invStd: r.savedInvStd, training: true };
-      return r.y;
+      const step = this.deviceStep(ax, training);
+      const r = fusedBatchNorm(x, this.deviceParam('gamma'), this.deviceParam('beta'), step.options);
+      // Only TF's zero-debiased average brings the batch statistics to the host.
+      const stats = training && step.update === 'host' ? [r.batchMean.download(), this.runningSource(r).download()] as const : null;
+      return this.finishDevice(x, r, step, n, stats, false);
+    }
+    const eps = this.spec.epsilon;
+    const ps = x.shape.slice(ax).map((d, i) => (i === 0 ? d : 1));
+    if (!training) {
+      const rm = this.runMean!.read();
+      const rv = this.runVar!.read();
+      const params = [{ data: rm, shape: ps }, { data: rv, shape: ps },
+        this.beta ? { data: this.beta, shape: ps } : null, this.gamma ? { data: this.gamma, shape: ps } : null] as const;
+      const y = batchNormalization(x, ...params, eps);
+      releaseCache(this.cache);
+      this.cache = { x, mean: rm.slice(), invStd: Float32Array.from(rv, (v) => 1 / Math.sqrt(v + eps)), training: false };
+      return y;
     }
     const r = fusedBatchNorm(x, this.gamma, this.beta, { axis: ax, epsilon: eps, isTraining: true });
     this.updateRunning(r.batchMean.data, this.spec.runningVariance === 'biased' ? r.batchVarianceBiased.data : r.batchVariance.data);
@@ -364,11 +423,79 @@ export class BatchNormalization {
     return r.y;
   }
 
+  /** The batch variance the running variance averages: biased or Bessel-corrected, as the convention says. */
+  private runningSource<T>(r: { batchVariance: T; batchVarianceBiased: T }): T {
+    return this.spec.runningVariance === 'biased' ? r.batchVarianceBiased : r.batchVariance;
+  }
+
+  /** A device-side operand: gamma/beta uploaded when changed on a device layer; the host array otherwise. */
+  private deviceParam(name: 'gamma' | 'beta'): DeviceTensor | Float32Array | null {
+    const host = this[name];
+    if (!host) return null;
+    return this.onDevice ? this.uploads[name].get(host) : host;
+  }
+
+  /** A one-element device vector of a constant of the vector updates. */
+  private constant(name: 'zero' | 'one' | 'keep', v: number): DeviceTensor {
+    return this.uploads[name].get(Float32Array.of(v));
+  }
+
+  /**
+   * The fused op's options for a device forward. Inference: the running statistics (device
+   * copies). Training: they go in with the convention's factor, and the op writes the
+   * updated ones — except for the host update, which starts from the batch statistics.
+   */
+  private deviceStep(ax: number, training: boolean): DeviceStep {
+    const update = runningUpdate(this.spec);
+    const { keep, factor } = momentumStep(this.spec, this.steps + 1);
+    const options: DeviceFusedBatchNormOptions = { axis: ax, epsilon: this.spec.epsilon, isTraining: training };
+    if (!training || update !== 'host') {
+      options.mean = this.runMean!.device();
+      options.variance = this.runVar!.device();
+    }
+    if (training && update !== 'host') options.exponentialAvgFactor = factor;
+    return { options, update, keep, training };
+  }
+
+  /**
+   * After a device forward's op: the running statistics take the op's outputs (or the
+   * host update runs on the downloaded batch statistics), the saved statistics become the
+   * backward's cache, and every other output is freed. On failure every output is freed
+   * and the layer is unchanged.
+   */
+  private finishDevice(
+    x: DeviceTensor, r: DeviceFusedBatchNormResult, step: DeviceStep, n: number,
+    stats: readonly [Float32Array, Float32Array] | null, synced: boolean,
+  ): DeviceTensor {
+    const all = Object.values(r) as DeviceTensor[];
+    const kept = new Set<DeviceTensor>([r.y, r.savedMean, r.savedInvStd]);
+    try {
+      if (step.training && stats) {
+        this.updateRunning(stats[0], stats[1]);
+      } else if (step.training) {
+        const variance = step.update === 'op' ? r.runningVariance
+          : emaStep(this.runVar!.device(), r.batchVarianceBiased, this.constant('one', 1), this.constant('keep', step.keep));
+        kept.add(r.runningMean).add(variance);
+        this.runMean!.setDevice(r.runningMean);
+        this.runVar!.setDevice(variance);
+        this.steps++;
+      }
+    } catch (e) {
+      for (const t of all) t.dispose();
+      throw e;
+    }
+    for (const t of all) if (!kept.has(t)) t.dispose();
+    if (step.training) this.lastCount = n;
+    releaseCache(this.cache);
+    this.cache = { x, mean: r.savedMean, invStd: r.savedInvStd, training: step.training, synced };
+    return r.y;
+  }
+
   private updateRunning(mean: Float32Array, variance: Float32Array): void {
     this.steps++;
     const s = this.spec;
-    const rm = this.runMean!;
-    const rv = this.runVar!;
+    const rm = this.runMean!.read();
+    const rv = this.runVar!.read();
     if (s.zeroDebias) {
       // TF assign_moving_average(zero_debias=True): biased EMA from 0, divided by 1 − m^t.
       const m = s.momentum!;
@@ -379,14 +506,16 @@ export class BatchNormalization {
         rm[c] = this.emaMean![c] / debias;
         rv[c] = this.emaVar![c] / debias;
       }
-      return;
+    } else {
+      // decay m keeps m of the old value; factor f takes f of the new one.
+      const { keep } = momentumStep(s, this.steps);
+      for (let c = 0; c < rm.length; c++) {
+        rm[c] = rm[c] * keep + mean[c] * (1 - keep);
+        rv[c] = rv[c] * keep + variance[c] * (1 - keep);
+      }
     }
-    // decay m keeps m of the old value; factor f takes f of the new one.
-    const keep = s.momentumKind === 'decay' ? s.momentum! : 1 - (s.momentum === null ? 1 / this.steps : s.momentum);
-    for (let c = 0; c < rm.length; c++) {
-      rm[c] = rm[c] * keep + mean[c] * (1 - keep);
-      rv[c] = rv[c] * keep + variance[c] * (1 - keep);
-    }
+    this.runMean!.hostWritten();
+    this.runVar!.hostWritten();
   }
 
   /**
@@ -413,12 +542,9 @@ export class BatchNormalization {
     const saved = { mean: c.mean, invStd: c.invStd };
     if (c.x instanceof DeviceTensor) {
       if (!(dy instanceof DeviceTensor)) throw new TypeError(`${fn}: the forward ran on the device; dy must be a DeviceTensor`);
-      const g = batchNormalizationGrad(dy, c.x, this.gamma, saved as { mean: DeviceTensor; invStd: DeviceTensor },
+      const g = batchNormalizationGrad(dy, c.x, this.deviceParam('gamma'), saved as { mean: DeviceTensor; invStd: DeviceTensor },
         { axis: this.axis, isTraining: c.training, epsilon: this.spec.epsilon });
-      this.accumulate(g.dscale.download(), g.doffset.download());
-      g.dscale.dispose();
-      g.doffset.dispose();
-      return g.dx;
+      return this.accumulateDevice(g);
     }
     if (dy instanceof DeviceTensor) throw new TypeError(`${fn}: the forward ran on the host; dy must be a host tensor`);
     const g = batchNormalizationGrad(dy, c.x, this.gamma, saved as { mean: Float32Array; invStd: Float32Array },
@@ -428,38 +554,123 @@ export class BatchNormalization {
   }
 
   /**
-   * forward() that may wait for other ranks: with options.sync a training forward
-   * normalizes with the statistics of every rank's batch (host tensors); otherwise the
-   * same as forward().
+   * forward() that may wait: on the device, the fused op runs off the JS thread
+   * (fusedBatchNormAsync). With options.sync a training forward normalizes with the
+   * statistics of every rank's batch; otherwise the same as forward().
    */
-  async forwardAsync(x: Tensor, options: { training?: boolean } = {}): Promise<Tensor> {
+  async forwardAsync(x: DeviceTensor, options?: { training?: boolean }): Promise<DeviceTensor>;
+  async forwardAsync(x: Tensor, options?: { training?: boolean }): Promise<Tensor>;
+  async forwardAsync(x: Tensor | DeviceTensor, options: { training?: boolean } = {}): Promise<Tensor | DeviceTensor> {
     const fn = 'BatchNormalization.forwardAsync';
+    if (x instanceof DeviceTensor || this.onDevice) {
+      const { x: xd, training } = this.checkForward(fn, x, options);
+      try {
+        return await this.forwardDeviceAsync(fn, xd as DeviceTensor, training);
+      } catch (e) {
+        throw prefixed(fn, e);
+      }
+    }
     if (!this.sync || !(options && typeof options === 'object' && options.training === true)) return this.forward(x, options);
-    if (x instanceof DeviceTensor || this.onDevice) throw new BackendError(`${fn}: options.sync takes host tensors; the layer or x is on the device`, 'ERR_UNSUPPORTED');
     const ax = this.channelAxis(fn, x);
     const { result: r, count } = await syncFusedBatchNorm(fn, x, this.gamma, this.beta,
       { axis: ax, epsilon: this.spec.epsilon, isTraining: true, sync: this.sync });
     if (count <= 1) throw new RangeError(`${fn}: training needs more than 1 value per channel over all ranks, got ${count} (as PyTorch)`);
     releaseCache(this.cache);
-    this.updateRunning(r.batchMean.data, this.spec.runningVariance === 'biased' ? r.batchVarianceBiased.data : r.batchVariance.data);
+    this.updateRunning(r.batchMean.data, this.runningSource(r).data);
     this.lastCount = count;
     this.cache = { x, mean: r.savedMean.data, invStd: r.savedInvStd.data, training: true, synced: true };
     return r.y;
   }
 
-  /** backward() that may wait for other ranks: after a synchronized forward, dx of the whole batch's statistics. */
-  async backwardAsync(dy: Tensor): Promise<Tensor> {
+  /**
+   * The device forward off the JS thread. With options.sync a training step passes the
+   * communicator to the op, which decides whether it can exchange device statistics.
+   */
+  private async forwardDeviceAsync(fn: string, x: DeviceTensor, training: boolean): Promise<DeviceTensor> {
+    const ax = this.channelAxis(fn, x);
+    const synced = training && this.sync !== null;
+    let n = synced ? 0 : training ? this.trainingCount(fn, x) : 0;
+    if (training) {
+      releaseCache(this.cache);
+      this.cache = null;
+    }
+    const step = this.deviceStep(ax, training);
+    let r: DeviceFusedBatchNormResult;
+    if (synced) {
+      const out = await syncFusedBatchNorm(fn, x, this.deviceParam('gamma'), this.deviceParam('beta'), { ...step.options, sync: this.sync! });
+      r = out.result as unknown as DeviceFusedBatchNormResult;
+      n = out.count;
+      if (n <= 1) {
+        for (const t of Object.values(r) as DeviceTensor[]) t.dispose();
+        throw new RangeError(`${fn}: training needs more than 1 value per channel over all ranks, got ${n} (as PyTorch)`);
+      }
+    } else {
+      r = await fusedBatchNormAsync(x, this.deviceParam('gamma'), this.deviceParam('beta'), step.options);
+    }
+    let stats: [Float32Array, Float32Array] | null = null;
+    if (training && step.update === 'host') {
+      try {
+        stats = [await r.batchMean.downloadAsync(), await this.runningSource(r).downloadAsync()];
+      } catch (e) {
+        for (const t of Object.values(r) as DeviceTensor[]) t.dispose();
+        throw e;
+      }
+    }
+    return this.finishDevice(x, r, step, n, stats, synced);
+  }
+
+  /**
+   * backward() that may wait: on the device, off the JS thread (batchNormalizationGradAsync);
+   * after a synchronized forward, dx of the whole batch's statistics.
+   */
+  async backwardAsync(dy: DeviceTensor): Promise<DeviceTensor>;
+  async backwardAsync(dy: Tensor): Promise<Tensor>;
+  async backwardAsync(dy: Tensor | DeviceTensor): Promise<Tensor | DeviceTensor> {
+    const fn = 'BatchNormalization.backwardAsync';
     const c = this.cache;
-    if (!c?.synced) return this.backward(dy);
-    const g = await batchNormalizationGradAsync(dy, c.x as Tensor, this.gamma, { mean: c.mean as Float32Array, invStd: c.invStd as Float32Array },
+    if (c?.x instanceof DeviceTensor) {
+      if (!(dy instanceof DeviceTensor)) throw new TypeError(`${fn}: the forward ran on the device; dy must be a DeviceTensor, got ${describe(dy)}`);
+      try {
+        const g = await batchNormalizationGradAsync(dy, c.x, this.deviceParam('gamma'), { mean: c.mean as DeviceTensor, invStd: c.invStd as DeviceTensor },
+          { axis: this.axis, isTraining: c.training, epsilon: this.spec.epsilon, ...(c.synced ? { sync: this.sync! } : {}) });
+        return this.accumulateDevice(g);
+      } catch (e) {
+        throw prefixed(fn, e);
+      }
+    }
+    if (!c?.synced) return this.backward(dy as Tensor);
+    const g = await batchNormalizationGradAsync(dy as Tensor, c.x as Tensor, this.gamma, { mean: c.mean as Float32Array, invStd: c.invStd as Float32Array },
       { axis: this.axis, isTraining: true, sync: this.sync! });
     this.accumulate(g.dscale.data, g.doffset.data);
     return g.dx;
   }
 
   private accumulate(dscale: Float32Array, doffset: Float32Array): void {
-    if (this.dGamma) for (let i = 0; i < this.C!; i++) this.dGamma[i] += dscale[i];
-    if (this.dBeta) for (let i = 0; i < this.C!; i++) this.dBeta[i] += doffset[i];
+    if (this.dGamma) {
+      const h = this.dGamma.read();
+      for (let i = 0; i < this.C!; i++) h[i] += dscale[i];
+    }
+    if (this.dBeta) {
+      const h = this.dBeta.read();
+      for (let i = 0; i < this.C!; i++) h[i] += doffset[i];
+    }
+  }
+
+  /** A device backward's dscale/doffset join the device gradient sums; returns dx (freed too on failure). */
+  private accumulateDevice(g: { dx: DeviceTensor; dscale: DeviceTensor; doffset: DeviceTensor }): DeviceTensor {
+    try {
+      try {
+        if (this.dGamma) this.dGamma.push(g.dscale);
+        else g.dscale.dispose();
+      } finally {
+        if (this.dBeta) this.dBeta.push(g.doffset);
+        else g.doffset.dispose();
+      }
+    } catch (e) {
+      g.dx.dispose();
+      throw e;
+    }
+    return g.dx;
   }
 
   /** The learnable parameters (live arrays: an optimizer may update them in place). */
@@ -467,19 +678,23 @@ export class BatchNormalization {
     return { gamma: this.gamma, beta: this.beta };
   }
 
-  /** Accumulated gradients of gamma and beta (live arrays). */
+  /**
+   * Accumulated gradients of gamma and beta (live arrays). On the device the backward
+   * passes add on the GPU; this call downloads their sum into the arrays, so read it after
+   * backward (arrays kept from an earlier call see later passes only after another call).
+   */
   gradients(): { gamma: Float32Array | null; beta: Float32Array | null } {
-    return { gamma: this.dGamma, beta: this.dBeta };
+    return { gamma: this.dGamma?.read() ?? null, beta: this.dBeta?.read() ?? null };
   }
 
   zeroGrad(): void {
-    this.dGamma?.fill(0);
-    this.dBeta?.fill(0);
+    this.dGamma?.zero();
+    this.dBeta?.zero();
   }
 
-  /** Running statistics (copies). */
+  /** Running statistics (copies; on the device, downloaded when the device copy is newer). */
   runningStatistics(): { mean: Float32Array | null; variance: Float32Array | null } {
-    return { mean: this.runMean?.slice() ?? null, variance: this.runVar?.slice() ?? null };
+    return { mean: this.runMean?.read().slice() ?? null, variance: this.runVar?.read().slice() ?? null };
   }
 
   /**
@@ -488,11 +703,11 @@ export class BatchNormalization {
    * turn the numbers into null); loadState reads them back as the numbers.
    */
   state(): BatchNormalizationState {
-    const arr = (a: ArrayLike<number> | null) => (a ? Array.from(a, encodeNumber) : null);
+    const arr = (a: ArrayLike<number> | null | undefined) => (a ? Array.from(a, encodeNumber) : null);
     return {
       format: 'batchnorm-layer@1', convention: this.convention, spec: { ...this.spec }, axis: this.axis,
       center: this.center, scale: this.scale, channels: this.C,
-      gamma: arr(this.gamma), beta: arr(this.beta), runningMean: arr(this.runMean), runningVariance: arr(this.runVar),
+      gamma: arr(this.gamma), beta: arr(this.beta), runningMean: arr(this.runMean?.read()), runningVariance: arr(this.runVar?.read()),
       steps: this.steps, lastBatchCount: this.lastCount, emaMean: arr(this.emaMean), emaVariance: arr(this.emaVar),
     };
   }
@@ -526,8 +741,8 @@ export class BatchNormalization {
     this.build(st.channels);
     if (gamma) this.gamma!.set(gamma);
     if (beta) this.beta!.set(beta);
-    this.runMean!.set(st.runningMean!);
-    this.runVar!.set(st.runningVariance!);
+    this.runMean!.host.set(st.runningMean!);
+    this.runVar!.host.set(st.runningVariance!);
     if (em) this.emaMean!.set(em);
     if (ev) this.emaVar!.set(ev);
     this.steps = st.steps;
