@@ -48,13 +48,18 @@ export function runningUpdate(spec: MomentumSpec): RunningUpdate {
 /**
  * `run·keep + batch·(1 − keep)` written as `batch + (run − batch)·keep`, which is
  * batchNormalization's `(x − mean)·scale/sqrt(variance + ε) + offset` with x = run,
- * mean = offset = batch, variance = one, scale = keep, ε = 0: one existing op, on the
- * device for DeviceTensors. The op works in float64; keep arrives as a float32.
+ * mean = offset = batch, no scale, variance = zero and ε = 1/keep²: one existing op, on
+ * the device for DeviceTensors, in float64. keep goes in through ε, a float64, because a
+ * float32 scale would round it (0.99 by 1e-8), which moves a long average by several ulp.
+ * keep = 0, or so small that 1/keep² overflows (then (run − batch)·keep is below float32's
+ * smallest value): the result is `batch` itself.
  */
-export function emaStep(run: DeviceTensor, batch: DeviceTensor, one: DeviceTensor, keep: DeviceTensor): DeviceTensor;
-export function emaStep(run: Tensor, batch: Tensor, one: Tensor, keep: Tensor): Tensor;
-export function emaStep(run: Tensor | DeviceTensor, batch: Tensor | DeviceTensor, one: Tensor | DeviceTensor, keep: Tensor | DeviceTensor): Tensor | DeviceTensor {
-  return (batchNormalization as (...a: unknown[]) => Tensor | DeviceTensor)(run, batch, one, batch, keep, 0);
+export function emaStep(run: DeviceTensor, batch: DeviceTensor, zero: DeviceTensor, keep: number): DeviceTensor;
+export function emaStep(run: Tensor, batch: Tensor, zero: Tensor, keep: number): Tensor;
+export function emaStep(run: Tensor | DeviceTensor, batch: Tensor | DeviceTensor, zero: Tensor | DeviceTensor, keep: number): Tensor | DeviceTensor {
+  const eps = 1 / (keep * keep);
+  if (!Number.isFinite(eps)) return batch;
+  return (batchNormalization as (...a: unknown[]) => Tensor | DeviceTensor)(run, batch, zero, batch, null, eps);
 }
 
 /** a + b as batchNormalization(a, zero, one, offset b, no scale, ε 0): the sum rounded once to float32. */

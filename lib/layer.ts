@@ -233,7 +233,7 @@ export class BatchNormalization {
   /** Device copies of gamma, beta and the constants of the vector updates, uploaded when their values change. */
   private readonly uploads = {
     gamma: new UploadCache(deviceIO), beta: new UploadCache(deviceIO),
-    zero: new UploadCache(deviceIO), one: new UploadCache(deviceIO), keep: new UploadCache(deviceIO),
+    zero: new UploadCache(deviceIO), one: new UploadCache(deviceIO),
   };
   private emaMean: Float64Array | null = null;
   private emaVar: Float64Array | null = null;
@@ -436,7 +436,7 @@ export class BatchNormalization {
   }
 
   /** A one-element device vector of a constant of the vector updates. */
-  private constant(name: 'zero' | 'one' | 'keep', v: number): DeviceTensor {
+  private constant(name: 'zero' | 'one', v: number): DeviceTensor {
     return this.uploads[name].get(Float32Array.of(v));
   }
 
@@ -474,7 +474,7 @@ export class BatchNormalization {
         this.updateRunning(stats[0], stats[1]);
       } else if (step.training) {
         const variance = step.update === 'op' ? r.runningVariance
-          : emaStep(this.runVar!.device(), r.batchVarianceBiased, this.constant('one', 1), this.constant('keep', step.keep));
+          : emaStep(this.runVar!.device(), r.batchVarianceBiased, this.constant('zero', 0), step.keep);
         kept.add(r.runningMean).add(variance);
         this.runMean!.setDevice(r.runningMean);
         this.runVar!.setDevice(variance);
