@@ -73,7 +73,8 @@ export interface BatchNormalizationOptions {
   channels?: number;
   /**
    * Synchronized batch norm: training statistics of the whole batch across the
-   * communicator's ranks (host tensors; use forwardAsync / backwardAsync when training).
+   * communicator's ranks (train with forwardAsync / backwardAsync). On a device layer the
+   * communicator goes to the device ops, which decide whether they can exchange it.
    */
   sync?: Communicator;
 }
