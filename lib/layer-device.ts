@@ -219,9 +219,14 @@ export class DeviceSum<D> {
   }
 
   zero(): void {
+    this.discard();
+    this.host.fill(0);
+  }
+
+  /** Frees the pending sum without reading it; the host array is left as it is (the sum is being replaced). */
+  discard(): void {
     if (this.pending !== null) this.io.dispose(this.pending);
     this.pending = null;
-    this.host.fill(0);
   }
 
   get hasPending(): boolean {

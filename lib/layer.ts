@@ -273,8 +273,8 @@ export class BatchNormalization {
     // The vectors are replaced: their device copies go without being read.
     this.runMean?.discard();
     this.runVar?.discard();
-    this.dGamma?.zero();
-    this.dBeta?.zero();
+    this.dGamma?.discard();
+    this.dBeta?.discard();
     this.C = C;
     this.gamma = this.scale ? new Float32Array(C).fill(1) : null;
     this.beta = this.center ? new Float32Array(C) : null;
@@ -327,7 +327,8 @@ export class BatchNormalization {
 
   /**
    * Back to host tensors (the default): the running statistics and pending gradient sums
-   * are downloaded and the layer's device memory is freed.
+   * are downloaded and the layer's device memory is freed (except the last device
+   * forward's saved statistics, kept for its backward until the next forward).
    */
   toHost(): this {
     this.runMean?.release();
@@ -401,8 +402,16 @@ export class BatchNormalization {
     if (x instanceof DeviceTensor) {
       const step = this.deviceStep(ax, training);
       const r = fusedBatchNorm(x, this.deviceParam('gamma'), this.deviceParam('beta'), step.options);
-      // Only TF's zero-debiased average brings the batch statistics to the host.
-      const stats = training && step.update === 'host' ? [r.batchMean.download(), this.runningSource(r).download()] as const : null;
+      let stats: [Float32Array, Float32Array] | null = null;
+      if (training && step.update === 'host') {
+        // Only TF's zero-debiased average brings the batch statistics to the host.
+        try {
+          stats = [r.batchMean.download(), this.runningSource(r).download()];
+        } catch (e) {
+          for (const t of Object.values(r) as DeviceTensor[]) t.dispose();
+          throw e;
+        }
+      }
       return this.finishDevice(x, r, step, n, stats, false);
     }
     const eps = this.spec.epsilon;

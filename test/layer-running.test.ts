@@ -227,6 +227,12 @@ describe('BatchNormalization on the device: the logic, on the CPU', () => {
       s.zero();
       assert.deepEqual(Array.from(s.read()), [0, 0]);
       assert.equal(io.live.size, 0);
+      s.host[1] = 4;
+      s.push(io.make(Float32Array.of(1, 1)));
+      s.discard();
+      assert.equal(io.downloads, 2);
+      assert.deepEqual(Array.from(s.read()), [0, 4], 'discard leaves the host array as it is');
+      assert.equal(io.live.size, 0);
     });
 
     it('a failed add frees the pass and keeps the pending sum', () => {
