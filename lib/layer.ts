@@ -474,7 +474,7 @@ export class BatchNormalization {
    * and the layer is unchanged.
    */
   private finishDevice(
-    x: DeviceTensor, r: DeviceFusedBatchNormResult, step: DeviceStep, n: number,
+    x: DeviceTensor, r: DeviceFusedBatchNormResult, step: DeviceStep, n: number | null,
     stats: readonly [Float32Array, Float32Array] | null, synced: boolean,
   ): DeviceTensor {
     const all = Object.values(r) as DeviceTensor[];
@@ -599,7 +599,7 @@ export class BatchNormalization {
   private async forwardDeviceAsync(fn: string, x: DeviceTensor, training: boolean): Promise<DeviceTensor> {
     const ax = this.channelAxis(fn, x);
     const synced = training && this.sync !== null;
-    let n = synced ? 0 : training ? this.trainingCount(fn, x) : 0;
+    let n: number | null = synced ? 0 : training ? this.trainingCount(fn, x) : 0;
     if (training) {
       releaseCache(this.cache);
       this.cache = null;
@@ -608,9 +608,11 @@ export class BatchNormalization {
     let r: DeviceFusedBatchNormResult;
     if (synced) {
       const out = await syncFusedBatchNorm(fn, x, this.deviceParam('gamma'), this.deviceParam('beta'), { ...step.options, sync: this.sync! });
-      r = out.result as unknown as DeviceFusedBatchNormResult;
+      r = out.result as DeviceFusedBatchNormResult;
+      // Through NCCL the whole batch's count stays on the device (null): the op has the
+      // statistics, and the layer records no lastBatchCount for the step.
       n = out.count;
-      if (n <= 1) {
+      if (n !== null && n <= 1) {
         for (const t of Object.values(r) as DeviceTensor[]) t.dispose();
         throw new RangeError(`${fn}: training needs more than 1 value per channel over all ranks, got ${n} (as PyTorch)`);
       }
