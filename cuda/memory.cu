@@ -64,11 +64,21 @@ cudaError_t release_cached(Allocator& a) {
 // Pinned staging: two chunks used alternately, each with an event that says when the
 // DMA that last used it has finished.
 constexpr size_t kStageChunk = size_t{4} << 20;
+// Small uploads (per-channel parameters, a few KiB) take the next slot of a ring instead:
+// a slot's last DMA was queued kSmallSlots uploads ago, so a run of small uploads (gamma
+// and beta every training step) does not wait for the GPU work queued before them, and
+// the host still stays at most kSmallSlots uploads ahead of the device.
+constexpr size_t kSmallBytes = size_t{64} << 10;
+constexpr int kSmallSlots = 16;
+
 struct Staging {
   std::mutex mu;
   bool ready = false;
   char* buf[2] = {nullptr, nullptr};
   cudaEvent_t done[2] = {nullptr, nullptr};
+  char* small = nullptr;  // kSmallSlots slots of kSmallBytes
+  cudaEvent_t small_done[kSmallSlots] = {};
+  int next_small = 0;
 };
 Staging& staging() {
   static Staging* s = new Staging;
@@ -82,6 +92,12 @@ Status staging_init(Staging& st, const char* op) {
                                 "cudaHostAlloc of the staging buffer");
     if (!st.done[k]) BN_CUDA_TRY(cudaEventCreateWithFlags(&st.done[k], cudaEventDisableTiming), op, "cudaEventCreate");
   }
+  if (!st.small)
+    BN_CUDA_TRY(cudaHostAlloc(reinterpret_cast<void**>(&st.small), kSmallBytes * kSmallSlots, cudaHostAllocDefault), op,
+                "cudaHostAlloc of the small staging ring");
+  for (int k = 0; k < kSmallSlots; ++k)
+    if (!st.small_done[k])
+      BN_CUDA_TRY(cudaEventCreateWithFlags(&st.small_done[k], cudaEventDisableTiming), op, "cudaEventCreate");
   st.ready = true;
   return Status::Ok();
 }
@@ -172,6 +188,16 @@ Status copy_to_device(void* dst, const void* src, size_t bytes, const char* op) 
   Staging& st = staging();
   std::lock_guard<std::mutex> lock(st.mu);
   BN_TRY(staging_init(st, op));
+  if (bytes <= kSmallBytes) {
+    const int k = st.next_small;
+    st.next_small = (k + 1) % kSmallSlots;
+    char* slot = st.small + static_cast<size_t>(k) * kSmallBytes;
+    BN_CUDA_TRY(cudaEventSynchronize(st.small_done[k]), op, "cudaEventSynchronize (small staging)");
+    std::memcpy(slot, src, bytes);
+    BN_CUDA_TRY(cudaMemcpyAsync(dst, slot, bytes, cudaMemcpyHostToDevice, s), op, "cudaMemcpyAsync host->device");
+    BN_CUDA_TRY(cudaEventRecord(st.small_done[k], s), op, "cudaEventRecord");
+    return Status::Ok();
+  }
   const char* from = static_cast<const char*>(src);
   char* to = static_cast<char*>(dst);
   int k = 0;

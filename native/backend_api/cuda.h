@@ -50,7 +50,9 @@ Status empty_cache();  // cudaFree every cached block
 
 // Copies through a reused pinned staging buffer in chunks, so the host-side memcpy of
 // one chunk overlaps the DMA of the previous one. copy_to_host returns when the data is
-// in dst; copy_to_device may return before the DMA has finished (stream-ordered).
+// in dst; copy_to_device may return before the DMA has finished (stream-ordered), and
+// an upload of at most 64 KiB goes through a ring of small pinned slots, so it waits
+// only for the upload that used its slot 16 uploads earlier, not for queued kernels.
 Status copy_to_device(void* dst, const void* src, size_t bytes, const char* op);
 Status copy_to_host(void* dst, const void* src, size_t bytes, const char* op);
 // Waits for all queued GPU work; reports errors of kernels that already ran.
