@@ -230,8 +230,12 @@ export interface Binding {
   ncclProbe(path?: string): { loaded: boolean; version: number; path: string; reason: string | null };
   /** ncclGetUniqueId: 128 bytes for ncclCommInitRankAsync on every rank. BackendError without CUDA or NCCL. */
   ncclGetUniqueId(): Uint8Array;
-  /** ncclCommInitRank on device 0 of this process; resolves when every rank has joined. */
-  ncclCommInitRankAsync(id: Uint8Array, size: number, rank: number): Promise<NcclCommHandle>;
+  /**
+   * ncclCommInitRank on device 0 of this process; resolves when every rank has joined.
+   * timeoutMs: a collective that the training ops queued and that has not finished this
+   * long after makes a watchdog abort the communicator (a dead peer never holds the stream).
+   */
+  ncclCommInitRankAsync(id: Uint8Array, size: number, rank: number, timeoutMs: number): Promise<NcclCommHandle>;
   /** Sum over the ranks: Float64Arrays (staged through the device) or float32 DeviceTensor handles; recv.length = send.length. */
   ncclAllReduceAsync(comm: NcclCommHandle, send: Float64Array | DeviceHandle, recv: Float64Array | DeviceHandle, size: number): Promise<void>;
   /** Rank-ordered concatenation; recv.length = size · send.length. */

@@ -18,10 +18,15 @@
 #include <cuda_runtime.h>
 #include <dlfcn.h>
 
+#include <chrono>
+#include <cmath>
+#include <condition_variable>
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
 #include <string>
+#include <thread>
+#include <vector>
 
 #include "common.cuh"
 #include "nccl_api.h"
@@ -162,13 +167,31 @@ Status nccl_error(ncclResult_t r, const char* op, const char* what) {
 
 }  // namespace
 
+// The enqueue variants return before their collective has run, so nothing waits for it:
+// a peer that died would leave it, our stream and every later download blocked forever.
+// Each enqueued collective is followed by an event; a watchdog thread (started with the
+// first one) polls the events and, when one is still unfinished timeout_s after it was
+// queued, aborts the communicator: NCCL then ends the queued collective kernels, the
+// stream moves on, and every later call on the communicator fails with the reason.
 struct Comm {
   ncclComm_t comm = nullptr;
   int size = 0;
   int rank = 0;
   std::mutex mu;        // one collective at a time per communicator
-  std::mutex state_mu;  // guards `aborted` and every NCCL call but the wait on the stream
+  std::mutex state_mu;  // guards `aborted`, `abort_reason` and every NCCL call but the wait on the stream
   bool aborted = false;
+  std::string abort_reason;  // set when the watchdog aborted it
+
+  double timeout_s = 300;
+  struct Pending {
+    cudaEvent_t done;
+    std::chrono::steady_clock::time_point deadline;
+  };
+  std::mutex watch_mu;  // guards pending, stop and watchdog; never held with state_mu
+  std::condition_variable watch_cv;
+  std::vector<Pending> pending;
+  bool stop = false;
+  std::thread watchdog;
 };
 
 LoadInfo probe(const std::string& path) {
@@ -186,7 +209,7 @@ Status unique_id(unsigned char* out) {
   return Status::Ok();
 }
 
-Status comm_init(const unsigned char* id_bytes, int size, int rank, Comm** out) {
+Status comm_init(const unsigned char* id_bytes, int size, int rank, double timeout_s, Comm** out) {
   const char* op = "ncclCommInitRank";
   *out = nullptr;
   BN_TRY(require(op));
@@ -196,6 +219,7 @@ Status comm_init(const unsigned char* id_bytes, int size, int rank, Comm** out) 
   auto* c = new Comm;
   c->size = size;
   c->rank = rank;
+  c->timeout_s = timeout_s > 0 ? timeout_s : 300;
   const ncclResult_t r = lib().api.CommInitRank(&c->comm, size, id, rank);
   if (r != ncclSuccess) {
     delete c;
@@ -205,16 +229,90 @@ Status comm_init(const unsigned char* id_bytes, int size, int rank, Comm** out) 
   return Status::Ok();
 }
 
-void comm_abort(Comm* c) {
-  if (!c) return;
+namespace {
+
+void abort_with(Comm* c, const std::string& reason) {
   std::lock_guard<std::mutex> lock(c->state_mu);
   if (c->aborted) return;
   c->aborted = true;
+  c->abort_reason = reason;
   lib().api.CommAbort(c->comm);
+}
+
+void watch(Comm* c) {
+  cudaSetDevice(0);  // the device of every communicator here (see comm_init)
+  std::unique_lock<std::mutex> lock(c->watch_mu);
+  while (!c->stop) {
+    if (c->pending.empty()) {
+      c->watch_cv.wait(lock, [c] { return c->stop || !c->pending.empty(); });
+      continue;
+    }
+    if (c->watch_cv.wait_for(lock, std::chrono::milliseconds(20), [c] { return c->stop; })) break;
+    const auto now = std::chrono::steady_clock::now();
+    bool expired = false;
+    std::vector<Comm::Pending> left;
+    for (const Comm::Pending& p : c->pending) {
+      const cudaError_t e = cudaEventQuery(p.done);
+      if (e == cudaErrorNotReady) {
+        expired = expired || now > p.deadline;
+        left.push_back(p);
+        continue;
+      }
+      // Finished, or failed: a failure of the stream reports at the next synchronization.
+      if (e != cudaSuccess) cudaGetLastError();
+      cudaEventDestroy(p.done);
+    }
+    c->pending.swap(left);
+    if (expired) {
+      const std::string reason = "a synchronized op's collective did not complete within " +
+                                 std::to_string(static_cast<long long>(c->timeout_s)) +
+                                 " s (a rank died or stopped calling the synchronized ops)";
+      lock.unlock();
+      abort_with(c, reason);  // idempotent; the aborted collectives' events then complete
+      lock.lock();
+    }
+  }
+  for (const Comm::Pending& p : c->pending) cudaEventDestroy(p.done);
+  c->pending.clear();
+}
+
+// After a collective was queued on `s`: an event behind it for the watchdog.
+Status watch_enqueued(Comm* c, cudaStream_t s, const char* op) {
+  if (!(c->timeout_s < 1e9)) return Status::Ok();  // an infinite timeout: no watchdog
+  cudaEvent_t ev = nullptr;
+  BN_CUDA_TRY(cudaEventCreateWithFlags(&ev, cudaEventDisableTiming), op, "cudaEventCreate (watchdog)");
+  const cudaError_t e = cudaEventRecord(ev, s);
+  if (e != cudaSuccess) {
+    cudaEventDestroy(ev);
+    return cuda_error(e, op, "cudaEventRecord (watchdog)");
+  }
+  const auto deadline = std::chrono::steady_clock::now() +
+                        std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                            std::chrono::duration<double>(c->timeout_s));
+  {
+    std::lock_guard<std::mutex> lock(c->watch_mu);
+    c->pending.push_back({ev, deadline});
+    if (!c->watchdog.joinable()) c->watchdog = std::thread(watch, c);
+  }
+  c->watch_cv.notify_all();
+  return Status::Ok();
+}
+
+}  // namespace
+
+void comm_abort(Comm* c) {
+  if (!c) return;
+  abort_with(c, "");
 }
 
 void comm_free(Comm* c) {
   if (!c) return;
+  {
+    std::lock_guard<std::mutex> lock(c->watch_mu);
+    c->stop = true;
+  }
+  c->watch_cv.notify_all();
+  if (c->watchdog.joinable()) c->watchdog.join();
   if (!c->aborted) lib().api.CommDestroy(c->comm);
   delete c;
 }
@@ -223,8 +321,10 @@ int comm_size(const Comm* c) { return c ? c->size : 0; }
 
 namespace {
 
-Status aborted_error(const char* op) {
-  return Status::Error(Code::kNccl, std::string(op) + ": the communicator was aborted");
+// The caller holds state_mu.
+Status aborted_error(const Comm* c, const char* op) {
+  return Status::Error(Code::kNccl, std::string(op) + ": the communicator was aborted" +
+                                        (c->abort_reason.empty() ? "" : ": " + c->abort_reason));
 }
 
 // Runs `enqueue(stream)` under state_mu unless the communicator was aborted: NCCL calls
@@ -232,7 +332,7 @@ Status aborted_error(const char* op) {
 template <typename F>
 Status enqueue_unless_aborted(Comm* c, const char* op, cudaStream_t s, F enqueue) {
   std::lock_guard<std::mutex> lock(c->state_mu);
-  if (c->aborted) return aborted_error(op);
+  if (c->aborted) return aborted_error(c, op);
   return enqueue(s);
 }
 
@@ -248,7 +348,7 @@ Status run_collective(Comm* c, const char* op, F enqueue) {
   BN_TRY(enqueue_unless_aborted(c, op, s, enqueue));
   const cudaError_t e = cudaStreamSynchronize(s);
   std::lock_guard<std::mutex> lock(c->state_mu);
-  if (c->aborted) return aborted_error(op);
+  if (c->aborted) return aborted_error(c, op);
   ncclResult_t async = ncclSuccess;
   lib().api.CommGetAsyncError(c->comm, &async);
   if (async != ncclSuccess) return nccl_error(async, op, "the communicator");
@@ -263,12 +363,13 @@ Status enqueue_collective(Comm* c, const char* op, cudaStream_t s, F enqueue) {
   BN_TRY(require(op));
   if (!c) return Status::Error(Code::kRangeError, std::string(op) + ": the NCCL communicator is missing");
   std::lock_guard<std::mutex> serial(c->mu);
-  return enqueue_unless_aborted(c, op, s, [&](cudaStream_t st) -> Status {
+  BN_TRY(enqueue_unless_aborted(c, op, s, [&](cudaStream_t st) -> Status {
     ncclResult_t async = ncclSuccess;
     lib().api.CommGetAsyncError(c->comm, &async);
     if (async != ncclSuccess) return nccl_error(async, op, "the communicator");
     return enqueue(st);
-  });
+  }));
+  return watch_enqueued(c, s, op);
 }
 
 Status host_collective(Comm* c, const char* op, const double* send, double* recv, size_t count, bool gather) {

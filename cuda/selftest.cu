@@ -1140,7 +1140,7 @@ int main(int argc, char** argv) {
   if (nl.loaded) {
     unsigned char id[nccl::kUniqueIdBytes];
     const Status s = nccl::unique_id(id);
-    if (check_status(s, "sync: ncclGetUniqueId")) check_status(nccl::comm_init(id, 1, 0, &comm), "sync: ncclCommInitRank");
+    if (check_status(s, "sync: ncclGetUniqueId")) check_status(nccl::comm_init(id, 1, 0, 60.0, &comm), "sync: ncclCommInitRank");
     std::printf("NCCL: version %d from %s%s\n", nl.version, nl.path.c_str(), comm ? ", one-rank communicator" : "");
   } else {
     std::printf("NCCL: %s (the one-rank checks are skipped)\n", nl.reason.c_str());

@@ -113,7 +113,7 @@ LoadInfo probe(const std::string&) {
   return i;
 }
 Status unique_id(unsigned char*) { return unavailable("ncclGetUniqueId"); }
-Status comm_init(const unsigned char*, int, int, Comm** out) {
+Status comm_init(const unsigned char*, int, int, double, Comm** out) {
   *out = nullptr;
   return unavailable("ncclCommInitRank");
 }

@@ -64,8 +64,9 @@ struct InitCall {
   unsigned char id[nccl::kUniqueIdBytes];
   int size = 0;
   int rank = 0;
+  double timeout_s = 0;
   mutable nccl::Comm* comm = nullptr;
-  Status run_async() const { return nccl::comm_init(id, size, rank, &comm); }
+  Status run_async() const { return nccl::comm_init(id, size, rank, timeout_s, &comm); }
   napi_value result(napi_env env) const {
     auto* h = new CommHandle{CommPtr(comm, nccl::comm_free)};
     comm = nullptr;
@@ -84,7 +85,8 @@ struct InitCall {
     });
   }
   InitCall() = default;
-  InitCall(InitCall&& o) noexcept : keep(std::move(o.keep)), size(o.size), rank(o.rank), comm(o.comm) {
+  InitCall(InitCall&& o) noexcept
+      : keep(std::move(o.keep)), size(o.size), rank(o.rank), timeout_s(o.timeout_s), comm(o.comm) {
     std::memcpy(id, o.id, sizeof id);
     o.comm = nullptr;
   }
@@ -92,7 +94,7 @@ struct InitCall {
   ~InitCall() { nccl::comm_free(comm); }
 };
 
-// ncclCommInitRankAsync(id: Uint8Array(128), size, rank) -> Promise<handle>
+// ncclCommInitRankAsync(id: Uint8Array(128), size, rank, timeoutMs) -> Promise<handle>
 Napi::Value InitRank(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const char* fn = "ncclCommInitRank";
@@ -103,7 +105,10 @@ Napi::Value InitRank(const Napi::CallbackInfo& info) {
   const double rank = info[2].IsNumber() ? info[2].As<Napi::Number>().DoubleValue() : -1;
   if (!(size >= 1 && size <= 65536) || size != std::floor(size)) throw_range(env, std::string(fn) + ": size must be an integer in [1, 65536]");
   if (!(rank >= 0 && rank < size) || rank != std::floor(rank)) throw_range(env, std::string(fn) + ": rank must be an integer in [0, size)");
+  const double timeout_ms = info[3].IsNumber() ? info[3].As<Napi::Number>().DoubleValue() : -1;
+  if (!(timeout_ms > 0)) throw_range(env, std::string(fn) + ": timeoutMs must be a number > 0 (Infinity: no watchdog)");
   InitCall c;
+  c.timeout_s = timeout_ms / 1000;
   std::memcpy(c.id, info[0].As<Napi::Uint8Array>().Data(), nccl::kUniqueIdBytes);
   c.size = static_cast<int>(size);
   c.rank = static_cast<int>(rank);

@@ -7,6 +7,7 @@ import { execFileSync, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import { native } from '../lib/binding';
 import { BackendError, NcclCommunicator, backends, info, ncclProbe } from '../lib/index';
 
 const cuda = backends().find((b) => b.name === 'cuda')!;
@@ -156,5 +157,14 @@ describe('NCCL communicator (any machine)', () => {
     await assert.rejects(NcclCommunicator.create(new Uint8Array(128), 2, 2), /rank must be an integer in \[0, 2\), got 2/);
     await assert.rejects(NcclCommunicator.create(new Uint8Array(128), 0, 0), RangeError);
     assert.throws(() => ncclProbe(3 as unknown as string), /ncclProbe: path must be a string, got 3/);
+    await assert.rejects(NcclCommunicator.create(new Uint8Array(128), 1, 0, { timeoutMs: 0 }), /options\.timeoutMs must be a number > 0, got 0/);
+  });
+
+  it('the raw binding checks the watchdog timeout before anything starts', () => {
+    const id = new Uint8Array(128);
+    for (const t of [0, -1, NaN, undefined, '5']) {
+      assert.throws(() => native.ncclCommInitRankAsync(id, 1, 0, t as unknown as number),
+        (e: unknown) => e instanceof RangeError && /^ncclCommInitRank: timeoutMs must be a number > 0 \(Infinity: no watchdog\)$/.test(e.message));
+    }
   });
 });

@@ -38,7 +38,13 @@ export function ncclStatus(): { available: boolean; version: number; reason: str
 }
 
 export interface NcclCommunicatorOptions {
-  /** Milliseconds a collective may take before the sync ops give up and abort (default 300000). */
+  /**
+   * Milliseconds a collective may take before the sync ops give up and abort (default
+   * 300000). It also bounds the collectives that synchronized DeviceTensor ops queue on
+   * the GPU: one still unfinished this long after it was queued makes a native watchdog
+   * abort the communicator, so a dead peer cannot hold the stream (and every later
+   * download) forever. Infinity: no limit.
+   */
   timeoutMs?: number;
 }
 
@@ -85,7 +91,7 @@ export class NcclCommunicator implements Communicator {
     // joins later).
     let timer: NodeJS.Timeout | undefined;
     let timedOut = false;
-    const init = native.ncclCommInitRankAsync(id, size, rank);
+    const init = native.ncclCommInitRankAsync(id, size, rank, timeoutMs);
     const deadline = new Promise<never>((_, reject) => {
       timer = setTimeout(() => {
         timedOut = true;

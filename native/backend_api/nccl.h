@@ -32,7 +32,10 @@ struct Comm;  // an ncclComm_t and its state
 
 // ncclCommInitRank on device 0 of this process (one process per GPU: the caller picks
 // the GPU with CUDA_VISIBLE_DEVICES). Blocks until every rank has joined.
-Status comm_init(const unsigned char* id, int size, int rank, Comm** out);
+// timeout_s: how long a collective queued by the enqueue variants may stay unfinished
+// before a watchdog aborts the communicator (a peer that died would otherwise hold our
+// stream, and every later download, forever); > 0.
+Status comm_init(const unsigned char* id, int size, int rank, double timeout_s, Comm** out);
 // ncclCommAbort, callable while a collective of another thread is in flight (that
 // collective then fails); later collectives fail at once. Idempotent.
 void comm_abort(Comm* c);
