@@ -313,6 +313,22 @@ describe('sync ops: communicator checks', () => {
     });
   }
 
+  it("backend 'cudnn' is refused before any exchange, with the reason, and aborts the group", async () => {
+    const x = { data: Float32Array.from({ length: 24 }, (_, i) => Math.sin(i)), shape: [4, 6] };
+    const refused = (fn: string) => (e: unknown) => e instanceof BackendError && e.code === 'ERR_UNSUPPORTED' &&
+      e.message === `${fn}: backend 'cudnn' cannot run this call: cuDNN computes the shard's own statistics; ` +
+        "synchronized batch norm runs on 'cpu' (host data) or 'cuda'";
+    let gathered = 0;
+    let aborted: unknown = null;
+    const comm = one({ allGather: async (d) => { gathered++; return d; }, abort: (r) => { aborted = r; } });
+    await assert.rejects(fusedBatchNormAsync(x, null, null, { backend: 'cudnn', sync: comm }), refused('fusedBatchNormAsync'));
+    assert.equal(gathered, 0, 'nothing was exchanged');
+    assert.ok(aborted, 'the group is aborted, so no other rank waits');
+    const saved = { mean: new Float32Array(6), invStd: new Float32Array(6).fill(1) };
+    await assert.rejects(batchNormalizationGradAsync(x, x, null, saved, { backend: 'cudnn', sync: one() }),
+      refused('batchNormalizationGradAsync'));
+  });
+
   it('DeviceTensor inputs need a device communicator (NcclCommunicator): BackendError ERR_UNSUPPORTED naming why', async () => {
     // A DeviceTensor of 0 elements exists without a GPU.
     const xd = DeviceTensor.upload({ data: new Float32Array(0), shape: [0, 3] });

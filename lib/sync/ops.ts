@@ -68,6 +68,18 @@ function deviceCommunicator(fn: string, comm: Communicator, device: boolean): Nc
     'the statistics are exchanged on the GPU inside the op; this communicator exchanges host Float64Arrays', 'ERR_UNSUPPORTED');
 }
 
+/**
+ * cuDNN's training routines compute the shard's own statistics and sums, so a synchronized
+ * training call cannot run there: refused before any exchange (the native dispatch refuses
+ * it too, but the shard's statistics would fail first, with moments' message).
+ */
+function rejectCudnn(fn: string, code: number): void {
+  if (code === 2) {
+    throw new BackendError(`${fn}: backend 'cudnn' cannot run this call: cuDNN computes the shard's own statistics; ` +
+      "synchronized batch norm runs on 'cpu' (host data) or 'cuda'", 'ERR_UNSUPPORTED');
+  }
+}
+
 // The ranks hold shards of the batch, axis 0; it cannot be the channel axis.
 function checkBatchAxis(fn: string, channelAxis: number): void {
   if (channelAxis === 0) {
@@ -168,6 +180,7 @@ export async function syncFusedBatchNorm(
         started = true;
         return { result: await runFusedAsync(fn, p), count: p.view.n };
       }
+      rejectCudnn(fn, p.code);
       const nccl = deviceCommunicator(fn, comm, p.ops.device);
       if (nccl) {
         started = true;
@@ -214,6 +227,7 @@ export async function syncBatchNormGrad(
         started = true;
         return await runGradAsync(fn, p);
       }
+      rejectCudnn(fn, p.code);
       const nccl = deviceCommunicator(fn, comm, p.ops.device);
       if (nccl) {
         started = true;
@@ -225,7 +239,9 @@ export async function syncBatchNormGrad(
       const shardSumDyXmu = new Float64Array(C);
       await native.channelGradSumsAsync({
         dy: (p.dy as Tensor).data, x: (p.x as Tensor).data, shape: p.view.shape, axis: p.view.axis,
-        savedMean: p.mean as Float32Array, backend: p.code, sumDy: shardSumDy, sumDyXmu: shardSumDyXmu,
+        // The shard's sums of host data are reduced on the CPU whatever the backend (the
+        // channel sums have no staged GPU variant); dx then runs on the backend asked for.
+        savedMean: p.mean as Float32Array, backend: 0, sumDy: shardSumDy, sumDyXmu: shardSumDyXmu,
       });
       const payload = new Float64Array(2 * C + 1);
       payload.set(shardSumDy, 0);
