@@ -145,10 +145,11 @@ __device__ __forceinline__ Stats block_merge(Stats s) {
 }
 
 // Where a block's result goes: straight to the sink when one block covers the output
-// (S == 1), else to the partials that merge_partials_kernel combines.
-template <class Sink>
-__device__ __forceinline__ void emit(const Sink& sink, Stats* partial, long long S, long long o, long long s,
-                                     const Stats& t) {
+// (S == 1), else to the partials that a merge kernel combines (T: Stats here, the
+// backward's sums in training.cu).
+template <class Sink, class T>
+__device__ __forceinline__ void emit(const Sink& sink, T* partial, long long S, long long o, long long s,
+                                     const T& t) {
   if (S == 1) sink(o, t);
   else partial[o * S + s] = t;
 }

@@ -278,13 +278,6 @@ struct MeanSource {
   }
 };
 
-template <class Sink>
-__device__ __forceinline__ void grad_emit(const Sink& sink, GradSums* partial, long long S, long long c, long long s,
-                                          const GradSums& g) {
-  if (S == 1) sink(c, g);
-  else partial[c * S + s] = g;
-}
-
 // x, dy as [A, C] (B == 1): block TX x TY, thread owns VEC channels over its split's rows.
 struct GradColumnParams {
   const float* dy;
@@ -362,7 +355,7 @@ __global__ void __launch_bounds__(kThreads) grad_column_kernel(GradColumnParams 
   }
   if (ty == 0 && col_ok) {
 #pragma unroll
-    for (int v = 0; v < VEC; ++v) grad_emit(sink, p.partial, p.S, c + v, s, sh[tx * VEC + v]);
+    for (int v = 0; v < VEC; ++v) stats::emit(sink, p.partial, p.S, c + v, s, sh[tx * VEC + v]);
   }
 }
 
@@ -419,7 +412,7 @@ __global__ void __launch_bounds__(kThreads) grad_segment_kernel(GradSegmentParam
       GradSums t{0, 0};
       if (lane < kThreads / 32) t = GradSums{sh1[lane], sh2[lane]};
       t = warp_sum(t);
-      if (lane == 0) grad_emit(sink, p.partial, p.S, c, s, t);
+      if (lane == 0) stats::emit(sink, p.partial, p.S, c, s, t);
     }
     __syncthreads();
   }

@@ -398,6 +398,26 @@ export function fixFusedInputs(p: FusedPlan): void {
 }
 
 /**
+ * Sends a planned op's one native call: `issue` when given (the synchronized ops add their
+ * fields, or queue it on a communicator), else `send`. The plan's temporaries go once the
+ * default call is queued (stream order keeps them), or once a custom issue settles (it may
+ * start the call later); a failure releases them as failed.
+ */
+async function sendCall<O>(
+  ops: Operands, o: O, issue: ((o: O) => Promise<unknown>) | undefined, send: (o: O) => Promise<unknown>,
+): Promise<void> {
+  try {
+    const call = issue ? issue(o) : send(o);
+    if (!issue) ops.done(false);
+    await call;
+  } catch (e) {
+    ops.done(true);
+    throw e;
+  }
+  ops.done(false);
+}
+
+/**
  * Issues a planned fusedBatchNorm's one native call. `issue` sends the options object
  * (the synchronized ops add their fields, or queue it on a communicator); by default
  * native.fusedBatchNormAsync. Temporaries go once the call is queued.
@@ -412,17 +432,8 @@ export async function runFusedAsync(
     const y = p.ops.device ? null : p.out !== undefined ? AsyncOutput.into(fn, 'options.out', p.out) : AsyncOutput.fresh(fn, 'y', product(p.view.shape));
     const r = fusedOutputs(p, y ? y.target : p.ops.output(p.view.shape));
     const o = fusedCall(p, r.y, r);
-    // A custom issue may start the call later (a communicator's queue): temporaries stay until it settles.
-    const call = issue ? issue(o) : native.fusedBatchNormAsync(o);
-    if (!issue) p.ops.done(false);  // queued: temporaries can go (stream order)
     failed = false;
-    try {
-      await call;
-    } catch (e) {
-      p.ops.done(true);
-      throw e;
-    }
-    p.ops.done(false);
+    await sendCall(p.ops, o, issue, (c) => native.fusedBatchNormAsync(c));
     return fusedResult(p, r, y ? await y.deliver() : undefined);
   } catch (e) {
     if (failed) p.ops.done(true);
@@ -609,16 +620,8 @@ export async function runGradAsync(
     const dscale = p.ops.output([p.view.C]);
     const doffset = p.ops.output([p.view.C]);
     const o = gradCall(p, dx, dscale, doffset);
-    const call = issue ? issue(o) : native.batchNormalizationGradAsync(o);
-    if (!issue) p.ops.done(false);
     failed = false;
-    try {
-      await call;
-    } catch (e) {
-      p.ops.done(true);
-      throw e;
-    }
-    p.ops.done(false);
+    await sendCall(p.ops, o, issue, (c) => native.batchNormalizationGradAsync(c));
     return gradResult(p, dxo ? await dxo.deliver() : dx, dscale, doffset);
   } catch (e) {
     if (failed) p.ops.done(true);
